@@ -1,0 +1,163 @@
+//! `burn-moe demo`: the layer on synthetic, clustered tokens.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use burn_moe::BackendKind;
+use burn_moe::moe::{MoeConfig, ScoreFunction};
+
+/// Options of `burn-moe demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Routed experts.
+    #[arg(long, default_value_t = 8)]
+    pub experts: usize,
+    /// Experts per token.
+    #[arg(long, default_value_t = 2)]
+    pub top_k: usize,
+    /// Tokens per call (batch 1 x seq tokens).
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: usize,
+    /// Token width.
+    #[arg(long, default_value_t = 64)]
+    pub d_model: usize,
+    /// Expert hidden width.
+    #[arg(long, default_value_t = 128)]
+    pub d_ff: usize,
+    /// Capacity factor; omit for dropless.
+    #[arg(long)]
+    pub capacity_factor: Option<f64>,
+    /// Score function: softmax or sigmoid.
+    #[arg(long, default_value = "softmax")]
+    pub score: String,
+    /// Shared experts.
+    #[arg(long, default_value_t = 0)]
+    pub shared: usize,
+    /// Timed forward calls (after one warm-up call).
+    #[arg(long, default_value_t = 5)]
+    pub calls: usize,
+    /// Seed of the weights and the synthetic tokens.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Tokens drawn around a few cluster centres with skewed popularity, so routing is uneven the
+/// way real text makes it.
+fn clustered_tokens(tokens: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let clusters = 6;
+    let centres: Vec<f32> = (0..clusters * d)
+        .map(|_| rng.random_range(-1.5..1.5))
+        .collect();
+    let mut out = Vec::with_capacity(tokens * d);
+    for _ in 0..tokens {
+        // Cluster c has weight 2^-c: a long tail.
+        let mut c = 0;
+        while c + 1 < clusters && rng.random::<f32>() < 0.5 {
+            c += 1;
+        }
+        out.extend((0..d).map(|i| centres[c * d + i] + rng.random_range(-0.5..0.5)));
+    }
+    out
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let score = match args.score.as_str() {
+        "softmax" => ScoreFunction::Softmax,
+        "sigmoid" => ScoreFunction::Sigmoid,
+        other => anyhow::bail!("unknown score function `{other}`: expected softmax or sigmoid"),
+    };
+    let device = args.backend.device(false)?;
+    device.seed(args.seed);
+    let config = MoeConfig::new(args.d_model, args.d_ff, args.experts)
+        .with_top_k(args.top_k)
+        .with_score_function(score)
+        .with_normalize_gates(args.top_k > 1)
+        .with_capacity_factor(args.capacity_factor)
+        .with_num_shared_experts(args.shared);
+    let moe = config.init(&device).context("building the MoE layer")?;
+    let x = clustered_tokens(args.tokens, args.d_model, args.seed);
+    let input = || {
+        Tensor::<3>::from_data(
+            TensorData::new(x.clone(), [1, args.tokens, args.d_model]),
+            &device,
+        )
+    };
+
+    println!(
+        "burn-moe demo: {} tokens, d_model {}, {} experts, top-{}, {}, backend {}",
+        args.tokens,
+        args.d_model,
+        args.experts,
+        args.top_k,
+        match args.capacity_factor {
+            Some(cf) => format!("capacity factor {cf}"),
+            None => "dropless".into(),
+        },
+        args.backend
+    );
+    let warm = Instant::now();
+    let out = moe.forward(input())?;
+    let _ = out.output.clone().into_data(); // wait for the device
+    println!(
+        "warm-up call (includes kernel compilation on wgpu): {:.1} ms",
+        warm.elapsed().as_secs_f64() * 1e3
+    );
+
+    let mut times = Vec::with_capacity(args.calls);
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        let o = moe.forward(input())?;
+        let _ = o.output.into_data().try_into_vec_as::<f32>();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+
+    let plan = &out.routing;
+    let total: usize = plan.computed_counts.iter().sum();
+    let mean = plan.requested_counts.iter().sum::<usize>() as f64 / args.experts as f64;
+    let max = *plan.requested_counts.iter().max().unwrap_or(&0) as f64;
+    println!("\nexpert  requested  computed  share");
+    for (e, (r, c)) in plan
+        .requested_counts
+        .iter()
+        .zip(&plan.computed_counts)
+        .enumerate()
+    {
+        let share = if total > 0 {
+            *c as f64 / total as f64
+        } else {
+            0.0
+        };
+        println!(
+            "{e:>6}  {r:>9}  {c:>8}  {:>5.1}%  {}",
+            share * 100.0,
+            "#".repeat((share * 60.0) as usize)
+        );
+    }
+    println!(
+        "\nMaxVio (requested) {:.3}   capacity {}   dropped assignments {} ({:.2}%)   dropped tokens {}",
+        (max - mean) / mean,
+        plan.capacity.map_or("none".into(), |c| c.to_string()),
+        plan.dropped_assignments(),
+        100.0 * plan.dropped_assignments() as f64 / (args.tokens * args.top_k) as f64,
+        plan.dropped_tokens,
+    );
+    if !times.is_empty() {
+        let median = times[times.len() / 2];
+        println!(
+            "forward: median {median:.2} ms over {} calls, {:.0} tokens/s",
+            times.len(),
+            args.tokens as f64 / (median / 1e3)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! burn-moe: Mixture-of-Experts layers for [Burn](https://burn.dev), on any GPU through wgpu or on
+//! the CPU (ndarray, flex).
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use burn_moe::moe::MoeConfig;
+//!
+//! let device = Device::flex();
+//! let moe = MoeConfig::new(64, 128, 8).with_top_k(2).init(&device).unwrap();
+//! let x = Tensor::<3>::random([4, 16, 64], Distribution::Normal(0.0, 1.0), &device);
+//! let out = moe.forward(x).unwrap();
+//! println!("tokens per expert: {:?}", out.computed_counts());
+//! ```
+
+pub mod device;
+pub mod error;
+pub mod moe;
+pub mod routing;
+
+pub use device::BackendKind;
+pub use error::{MoeError, Result};
+pub use moe::{Moe, MoeConfig, MoeOutput};

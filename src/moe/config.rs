@@ -1,0 +1,176 @@
+//! [`MoeConfig`]: every knob of the layer, with its default and its valid range.
+
+use burn::config::Config;
+use burn::tensor::Device;
+
+use crate::error::{Result, ensure_config};
+use crate::moe::Moe;
+
+/// How router logits become expert scores.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum ScoreFunction {
+    /// `softmax` over experts (Switch, GShard, Mixtral).
+    Softmax,
+    /// Element-wise `sigmoid` (DeepSeek-V3); usually paired with `normalize_gates = true`.
+    Sigmoid,
+}
+
+/// The feed-forward block inside each expert.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum ExpertActivation {
+    /// `W_out (silu(x W_gate) * (x W_in))` (LLaMA, Mixtral, DeepSeek).
+    SwiGlu,
+    /// `W_out gelu(x W_in)` (GPT-2, GShard, Switch).
+    Gelu,
+}
+
+/// Configuration of a [`Moe`] layer, built with [`MoeConfig::init`].
+///
+/// Defaults follow the common modern setup: softmax scores, top-2, SwiGLU experts, dropless.
+#[derive(Config, Debug)]
+pub struct MoeConfig {
+    /// Width of the token representation (input and output of the layer).
+    pub d_model: usize,
+    /// Hidden width of each routed expert's FFN.
+    pub d_ff: usize,
+    /// Number of routed experts `m`.
+    pub num_experts: usize,
+    /// Experts chosen per token, `1 <= k <= num_experts`.
+    #[config(default = 2)]
+    pub top_k: usize,
+    /// Score function applied to the router logits.
+    #[config(default = "ScoreFunction::Softmax")]
+    pub score_function: ScoreFunction,
+    /// Divide each token's chosen scores by their sum, so its gates add up to 1. With `top_k = 1`
+    /// this makes every gate 1 and stops the router's gradient, so it stays off by default.
+    #[config(default = false)]
+    pub normalize_gates: bool,
+    /// Expert capacity factor: each expert takes at most `ceil(capacity_factor * k * S / m)`
+    /// tokens of each group of `S` tokens; the rest are dropped and pass through the residual
+    /// connection. `None` is dropless: every chosen (token, expert) pair is computed.
+    #[config(default = "None")]
+    pub capacity_factor: Option<f64>,
+    /// GShard local groups: the tokens of one call are split into `groups` equal, contiguous
+    /// groups, each with its own capacity. Must divide the token count of every call.
+    #[config(default = 1)]
+    pub groups: usize,
+    /// GShard random routing (needs `top_k = 2`): during training the 2nd expert is used only
+    /// when `2 * g2 > U(0,1)`, with `g2 = s2 / (s1 + s2)`; gates are normalised over the pair.
+    #[config(default = false)]
+    pub random_routing: bool,
+    /// Noisy top-k gating (Shazeer 2017): during training add `N(0,1) * softplus(x W_noise)` to
+    /// the router logits.
+    #[config(default = false)]
+    pub noisy_gating: bool,
+    /// Shared experts applied to every token (DeepSeekMoE); 0 for none.
+    #[config(default = 0)]
+    pub num_shared_experts: usize,
+    /// Hidden width of each shared expert; `None` means `d_ff`.
+    #[config(default = "None")]
+    pub d_ff_shared: Option<usize>,
+    /// FFN form of routed and shared experts.
+    #[config(default = "ExpertActivation::SwiGlu")]
+    pub activation: ExpertActivation,
+}
+
+impl MoeConfig {
+    /// Checks every field; the error says which one is wrong and what would be right.
+    pub fn validate(&self) -> Result<()> {
+        ensure_config(self.d_model > 0, || "d_model must be at least 1".into())?;
+        ensure_config(self.d_ff > 0, || "d_ff must be at least 1".into())?;
+        ensure_config(self.num_experts > 0, || {
+            "num_experts must be at least 1".into()
+        })?;
+        ensure_config(self.top_k >= 1 && self.top_k <= self.num_experts, || {
+            format!(
+                "top_k must be between 1 and num_experts ({}), got {}",
+                self.num_experts, self.top_k
+            )
+        })?;
+        if let Some(cf) = self.capacity_factor {
+            ensure_config(cf.is_finite() && cf > 0.0, || {
+                format!(
+                    "capacity_factor must be a finite number > 0 (or None for dropless), got {cf}"
+                )
+            })?;
+        }
+        ensure_config(self.groups >= 1, || "groups must be at least 1".into())?;
+        ensure_config(!self.random_routing || self.top_k == 2, || {
+            format!(
+                "random_routing is GShard's rule for the 2nd expert and needs top_k = 2, got top_k = {}",
+                self.top_k
+            )
+        })?;
+        ensure_config(self.d_ff_shared != Some(0), || {
+            "d_ff_shared must be at least 1 (or None for d_ff)".into()
+        })?;
+        Ok(())
+    }
+
+    /// Expert capacity for a group of `group_tokens` tokens, or `None` when dropless.
+    ///
+    /// `C = ceil(capacity_factor * k * S / m)` (GShard, Switch).
+    pub fn capacity(&self, group_tokens: usize) -> Option<usize> {
+        self.capacity_factor.map(|cf| {
+            (cf * self.top_k as f64 * group_tokens as f64 / self.num_experts as f64).ceil() as usize
+        })
+    }
+
+    /// Validates the config and builds the layer on `device`.
+    pub fn init(&self, device: &Device) -> Result<Moe> {
+        self.validate()?;
+        Ok(Moe::new(self.clone(), device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MoeConfig {
+        MoeConfig::new(8, 16, 4)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(base().validate().is_ok());
+        assert_eq!(base().top_k, 2);
+        assert_eq!(base().capacity_factor, None);
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_field_name() {
+        let cases: Vec<(MoeConfig, &str)> = vec![
+            (base().with_top_k(0), "top_k"),
+            (base().with_top_k(5), "top_k"),
+            (MoeConfig::new(8, 16, 0), "num_experts"),
+            (MoeConfig::new(0, 16, 4), "d_model"),
+            (base().with_capacity_factor(Some(0.0)), "capacity_factor"),
+            (base().with_capacity_factor(Some(-1.0)), "capacity_factor"),
+            (
+                base().with_capacity_factor(Some(f64::NAN)),
+                "capacity_factor",
+            ),
+            (base().with_groups(0), "groups"),
+            (
+                base().with_top_k(1).with_random_routing(true),
+                "random_routing",
+            ),
+        ];
+        for (cfg, field) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "`{err}` should name `{field}`");
+        }
+    }
+
+    #[test]
+    fn capacity_follows_gshard_formula() {
+        // GShard top-2 with factor 1.0: C = 2S/m.
+        let cfg = MoeConfig::new(8, 16, 8).with_capacity_factor(Some(1.0));
+        assert_eq!(cfg.capacity(64), Some(16));
+        // Rounds up: 1.25 * 2 * 10 / 8 = 3.125 -> 4.
+        let cfg = cfg.with_capacity_factor(Some(1.25));
+        assert_eq!(cfg.capacity(10), Some(4));
+        assert_eq!(base().capacity(64), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! The MoE layer, in four named stages: route ([`Router`]) -> dispatch ([`TokenDispatcher`]) ->
+//! experts ([`ExpertFfn`], routed and shared) -> combine ([`TokenDispatcher::combine`]).
+
+mod config;
+mod dispatcher;
+mod experts;
+mod layer;
+mod output;
+mod router;
+
+pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
+pub use dispatcher::TokenDispatcher;
+pub use experts::ExpertFfn;
+pub use layer::Moe;
+pub use output::MoeOutput;
+pub use router::Router;

@@ -1,0 +1,130 @@
+//! The router: logits, scores and the host-side routing plan.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::{sigmoid, softmax, softplus};
+use burn::tensor::{Device, Distribution, Tensor, Transaction};
+
+use crate::error::{MoeError, Result};
+use crate::moe::{MoeConfig, ScoreFunction};
+use crate::routing::scores::scores_from_logits;
+use crate::routing::{RoutingPlan, RoutingRule, plan_routing};
+
+/// Router weights: `W_g` (`[d_model, experts]`, no bias) and, for noisy top-k, `W_noise`.
+#[derive(Module, Debug)]
+pub struct Router {
+    /// Gate projection to one logit per expert.
+    pub gate: Linear,
+    /// Noise-scale projection of noisy top-k gating.
+    pub noise: Option<Linear>,
+}
+
+/// What the router hands the rest of the layer.
+pub(crate) struct Routed {
+    pub logits: Tensor<2>,
+    pub scores: Tensor<2>,
+    pub plan: RoutingPlan,
+    pub draws: Option<Vec<f32>>,
+}
+
+impl Router {
+    pub(crate) fn new(config: &MoeConfig, device: &Device) -> Self {
+        let linear = LinearConfig::new(config.d_model, config.num_experts).with_bias(false);
+        Router {
+            gate: linear.init(device),
+            noise: config.noisy_gating.then(|| linear.init(device)),
+        }
+    }
+
+    /// Router logits `[tokens, experts]` for `x: [tokens, d_model]`; noisy during training.
+    pub fn logits(&self, x: Tensor<2>, training: bool) -> Tensor<2> {
+        let logits = self.gate.forward(x.clone());
+        match (&self.noise, training) {
+            (Some(noise), true) => {
+                let scale = softplus(noise.forward(x), 1.0);
+                let eps = scale.random_like(Distribution::Normal(0.0, 1.0));
+                logits + eps * scale
+            }
+            _ => logits,
+        }
+    }
+
+    /// Routes `x: [tokens, d_model]`: device logits and scores (with gradients), and the plan
+    /// made on the host from the same logits. `offset` shifts selection only.
+    pub(crate) fn route(
+        &self,
+        x: Tensor<2>,
+        config: &MoeConfig,
+        offset: Option<&[f32]>,
+        training: bool,
+    ) -> Result<Routed> {
+        let [tokens, _] = x.dims();
+        let experts = config.num_experts;
+        let logits = self.logits(x, training);
+        let random_second = config.random_routing && training;
+        let draws_tensor = random_second.then(|| {
+            Tensor::<1>::random([tokens], Distribution::Uniform(0.0, 1.0), &logits.device())
+        });
+
+        // One round trip for the logits and (when needed) the draws.
+        let mut transaction = Transaction::default().register(logits.clone());
+        if let Some(d) = &draws_tensor {
+            transaction = transaction.register(d.clone());
+        }
+        let mut data = transaction
+            .try_execute()
+            .map_err(|e| MoeError::Backend(format!("router read-back failed: {e:?}")))?
+            .into_iter();
+        let host_logits = read_f32(data.next())?;
+        let draws = match draws_tensor {
+            Some(_) => Some(read_f32(data.next())?),
+            None => None,
+        };
+        check_finite(&host_logits, experts)?;
+
+        let host_scores = scores_from_logits(&host_logits, experts, config.score_function);
+        let rule = RoutingRule {
+            top_k: config.top_k,
+            groups: config.groups,
+            capacity_factor: config.capacity_factor,
+            random_second,
+        };
+        let plan = plan_routing(
+            &host_scores,
+            offset,
+            tokens,
+            experts,
+            &rule,
+            draws.as_deref(),
+        )?;
+        let scores = match config.score_function {
+            ScoreFunction::Softmax => softmax(logits.clone(), 1),
+            ScoreFunction::Sigmoid => sigmoid(logits.clone()),
+        };
+        Ok(Routed {
+            logits,
+            scores,
+            plan,
+            draws,
+        })
+    }
+}
+
+fn read_f32(data: Option<burn::tensor::TensorData>) -> Result<Vec<f32>> {
+    data.ok_or_else(|| MoeError::Backend("router read-back returned nothing".into()))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| MoeError::Backend(format!("router read-back: {e:?}")))
+}
+
+fn check_finite(logits: &[f32], experts: usize) -> Result<()> {
+    let count = logits.iter().filter(|v| !v.is_finite()).count();
+    match logits.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(MoeError::NonFinite {
+            count,
+            token: i / experts,
+            expert: i % experts,
+        }),
+    }
+}
