@@ -44,7 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (y, counts) = model.forward(x.clone())?;
         let loss = (y - target.clone()).powi_scalar(2).mean();
         if step % 5 == 0 {
-            println!("step {step:>2}  loss {:.4}  tokens per expert {counts:?}", loss.clone().into_scalar::<f32>());
+            println!(
+                "step {step:>2}  loss {:.4}  tokens per expert {counts:?}",
+                loss.clone().into_scalar::<f32>()
+            );
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-2, model, grads);

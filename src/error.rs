@@ -24,6 +24,9 @@ pub enum MoeError {
         /// Expert index of the first one.
         expert: usize,
     },
+    /// A file could not be read or written.
+    #[error("file error: {0}")]
+    Io(String),
     /// The requested backend could not be created.
     #[error("backend unavailable: {0}")]
     Backend(String),

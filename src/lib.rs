@@ -12,6 +12,8 @@
 //! println!("tokens per expert: {:?}", out.computed_counts());
 //! ```
 
+pub mod balance;
+pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod moe;

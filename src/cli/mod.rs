@@ -1,10 +1,12 @@
 //! The `burn-moe` command line.
 
 mod demo;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
 pub use demo::DemoArgs;
+pub use simulate::SimulateArgs;
 
 /// Mixture-of-Experts layers on any GPU (wgpu) or CPU (ndarray, flex).
 #[derive(Debug, Parser)]
@@ -19,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a MoE layer on synthetic tokens and print routing statistics and timings.
     Demo(DemoArgs),
+    /// Route a synthetic, drifting, skewed token stream with a balancer and report MaxVio.
+    Simulate(SimulateArgs),
     /// Show the wgpu adapter this machine offers, if any.
     Devices,
 }
@@ -27,6 +31,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Devices => {
             match burn_moe::device::probe_wgpu_adapter() {
                 Ok(a) => println!("wgpu: {a}"),

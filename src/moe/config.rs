@@ -3,6 +3,7 @@
 use burn::config::Config;
 use burn::tensor::Device;
 
+use crate::balance::BalancerConfig;
 use crate::error::{Result, ensure_config};
 use crate::moe::Moe;
 
@@ -71,6 +72,12 @@ pub struct MoeConfig {
     /// FFN form of routed and shared experts.
     #[config(default = "ExpertActivation::SwiGlu")]
     pub activation: ExpertActivation,
+    /// Load balancer: a loss term, or a selection offset kept as layer state.
+    #[config(default = "BalancerConfig::None")]
+    pub balancer: BalancerConfig,
+    /// Router z-loss weight (ST-MoE uses 1e-3); 0 turns it off. Combines with any balancer.
+    #[config(default = 0.0)]
+    pub z_loss_weight: f64,
 }
 
 impl MoeConfig {
@@ -104,6 +111,16 @@ impl MoeConfig {
         ensure_config(self.d_ff_shared != Some(0), || {
             "d_ff_shared must be at least 1 (or None for d_ff)".into()
         })?;
+        self.balancer.validate()?;
+        ensure_config(
+            self.z_loss_weight.is_finite() && self.z_loss_weight >= 0.0,
+            || {
+                format!(
+                    "z_loss_weight must be a finite number >= 0, got {}",
+                    self.z_loss_weight
+                )
+            },
+        )?;
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 //! [`Moe`]: the layer users drop into their models in place of an FFN.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::balance::{BalancerConfig, losses};
 use crate::error::{MoeError, Result};
 use crate::moe::router::Routed;
 use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, TokenDispatcher};
+use crate::routing::RoutingPlan;
 
 /// A Mixture-of-Experts FFN layer; build it with [`MoeConfig::init`].
 #[derive(Module, Debug)]
@@ -16,6 +18,9 @@ pub struct Moe {
     pub experts: ExpertFfn,
     /// Shared experts applied to every token (`None` when `num_shared_experts = 0`).
     pub shared: Option<ExpertFfn>,
+    /// Offset balancer state `[experts]`: Loss-Free bias `b` or BIP dual prices `q` (zeros for
+    /// the other balancers). Not trained by the optimizer; saved and loaded with the record.
+    pub balancer_state: Param<Tensor<1>>,
     /// The config the layer was built from.
     #[module(skip)]
     pub config: MoeConfig,
@@ -37,29 +42,46 @@ impl Moe {
                 device,
             ),
             shared,
+            balancer_state: Param::from_tensor(Tensor::zeros([config.num_experts], device))
+                .set_require_grad(false),
             config,
         }
     }
 
     /// Routes every token to its experts and combines their outputs.
     ///
-    /// Training behaviour (noisy gating, random routing) is on when `x` lives on an autodiff
-    /// device, as with Burn's `Dropout`.
+    /// Training behaviour (noisy gating, random routing, balancer updates) is on when `x` lives
+    /// on an autodiff device, as with Burn's `Dropout`.
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]`
     /// - output.output: `[batch, seq, d_model]`
     ///
     /// # Errors
-    /// Wrong rank or width, an empty batch, a token count the groups do not divide, or NaN/Inf in
-    /// the router logits.
+    /// Wrong width, an empty batch, a token count the groups do not divide, or NaN/Inf in the
+    /// router logits.
     pub fn forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
-        self.forward_with_offset(x, None)
+        let training = x.device().is_autodiff();
+        let [batch, seq, d_model] = x.dims();
+        let routed = self.route(x.clone(), training)?;
+        let x = x.reshape([batch * seq, d_model]);
+
+        let dispatcher = TokenDispatcher::new(&routed.routing, self.config.groups, &x.device());
+        let expert_out = self.experts.forward(dispatcher.dispatch(x.clone()));
+        let mut y = dispatcher.combine(expert_out, routed.gates.clone());
+        if let Some(shared) = &self.shared {
+            y = y + shared.forward(x.unsqueeze_dim(0)).squeeze_dim(0);
+        }
+        Ok(MoeOutput {
+            output: y.reshape([batch, seq, d_model]),
+            ..routed
+        })
     }
 
-    /// [`forward`](Self::forward) with a per-expert selection offset (`[experts]`): experts are
-    /// chosen by `score + offset`, gates use the score alone. Balancers drive this.
-    pub fn forward_with_offset(&self, x: Tensor<3>, offset: Option<&[f32]>) -> Result<MoeOutput> {
+    /// The routing stage alone: scores, gates, the plan, balancing loss and state, with no
+    /// expert compute (`output` is a zero-sized placeholder `[batch, seq, 0]`). `training`
+    /// turns on noise, random routing and balancer updates.
+    pub fn route(&self, x: Tensor<3>, training: bool) -> Result<MoeOutput> {
         let [batch, seq, d_model] = x.dims();
         let tokens = batch * seq;
         if d_model != self.config.d_model {
@@ -80,36 +102,80 @@ impl Moe {
             )));
         }
         let device = x.device();
-        let training = device.is_autodiff();
-        let x = x.reshape([tokens, d_model]);
-
-        // 1. Route.
+        let state = self
+            .config
+            .balancer
+            .has_state()
+            .then(|| self.balancer_state.val());
         let Routed {
             logits,
             scores,
             plan,
             draws,
+            new_state,
+            entropy,
         } = self
             .router
-            .route(x.clone(), &self.config, offset, training)?;
+            .route(x.reshape([tokens, d_model]), &self.config, state, training)?;
         let gates = self.gates(scores.clone(), &plan.choices, tokens, &device);
-
-        // 2. Dispatch, 3. experts, 4. combine.
-        let dispatcher = TokenDispatcher::new(&plan, self.config.groups, &device);
-        let expert_out = self.experts.forward(dispatcher.dispatch(x.clone()));
-        let mut y = dispatcher.combine(expert_out, gates.clone());
-        if let Some(shared) = &self.shared {
-            y = y + shared.forward(x.unsqueeze_dim(0)).squeeze_dim(0);
-        }
-
+        let balance_loss = self.balance_loss(&logits, &scores, &plan, seq);
         Ok(MoeOutput {
-            output: y.reshape([batch, seq, d_model]),
+            output: Tensor::zeros([batch, seq, 0], &device),
             logits,
             scores,
             gates,
             routing: plan,
             second_expert_draws: draws,
+            balance_loss,
+            balancer_state: new_state,
+            router_entropy: entropy,
         })
+    }
+
+    /// Applies the balancer state a training call proposed (`out.balancer_state`); a no-op for
+    /// balancers without state and for eval-mode outputs. Call it once per training step, like
+    /// the optimizer step.
+    pub fn update_balancer(mut self, out: &MoeOutput) -> Self {
+        if let Some(state) = &out.balancer_state {
+            let device = self.balancer_state.lazy_device();
+            let value = Tensor::from_data(TensorData::new(state.clone(), [state.len()]), &device);
+            self.balancer_state = self.balancer_state.map(|_| value.set_require_grad(false));
+        }
+        self
+    }
+
+    /// The balancer state `[experts]` on the host.
+    pub fn balancer_state_values(&self) -> Result<Vec<f32>> {
+        self.balancer_state
+            .val()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| MoeError::Backend(format!("reading the balancer state: {e:?}")))
+    }
+
+    /// Sum of the configured loss terms, or `None`.
+    fn balance_loss(
+        &self,
+        logits: &Tensor<2>,
+        scores: &Tensor<2>,
+        plan: &RoutingPlan,
+        seq_len: usize,
+    ) -> Option<Tensor<1>> {
+        let scores = scores.clone();
+        let aux = match self.config.balancer {
+            BalancerConfig::Aux { alpha } => Some(losses::switch_aux(scores, plan, alpha)),
+            BalancerConfig::GShardAux { alpha } => {
+                Some(losses::gshard_aux(scores, plan, self.config.groups, alpha))
+            }
+            BalancerConfig::SeqAux { alpha } => Some(losses::seq_aux(scores, plan, seq_len, alpha)),
+            _ => None,
+        };
+        let z = (self.config.z_loss_weight > 0.0)
+            .then(|| losses::z_loss(logits.clone(), self.config.z_loss_weight));
+        match (aux, z) {
+            (Some(a), Some(z)) => Some(a + z),
+            (a, z) => a.or(z),
+        }
     }
 
     /// Gate weights `[tokens, k]` of the chosen experts, taken from the device scores so the

@@ -23,6 +23,14 @@ pub struct MoeOutput {
     pub routing: RoutingPlan,
     /// The `U(0,1)` draw of each token used by GShard random routing (training only).
     pub second_expert_draws: Option<Vec<f32>>,
+    /// The weighted balancing loss (aux loss of the configured kind plus router z-loss), to add
+    /// to the training loss; `None` when the layer has no loss term.
+    pub balance_loss: Option<Tensor<1>>,
+    /// The offset balancer's state after this training batch; apply it with
+    /// [`Moe::update_balancer`](crate::moe::Moe::update_balancer). `None` in eval mode.
+    pub balancer_state: Option<Vec<f32>>,
+    /// Mean entropy (nats) of the tokens' normalised expert scores.
+    pub router_entropy: f32,
 }
 
 impl MoeOutput {

@@ -5,6 +5,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{sigmoid, softmax, softplus};
 use burn::tensor::{Device, Distribution, Tensor, Transaction};
 
+use crate::balance::{BatchShape, offset_before_routing, state_after_routing};
 use crate::error::{MoeError, Result};
 use crate::moe::{MoeConfig, ScoreFunction};
 use crate::routing::scores::scores_from_logits;
@@ -25,6 +26,10 @@ pub(crate) struct Routed {
     pub scores: Tensor<2>,
     pub plan: RoutingPlan,
     pub draws: Option<Vec<f32>>,
+    /// The offset balancer's new state (training only).
+    pub new_state: Option<Vec<f32>>,
+    /// Mean router entropy over the tokens.
+    pub entropy: f32,
 }
 
 impl Router {
@@ -50,12 +55,13 @@ impl Router {
     }
 
     /// Routes `x: [tokens, d_model]`: device logits and scores (with gradients), and the plan
-    /// made on the host from the same logits. `offset` shifts selection only.
+    /// made on the host from the same logits. `state` is the offset balancer's state (`b` or
+    /// `q`), read in the same round trip as the logits.
     pub(crate) fn route(
         &self,
         x: Tensor<2>,
         config: &MoeConfig,
-        offset: Option<&[f32]>,
+        state: Option<Tensor<1>>,
         training: bool,
     ) -> Result<Routed> {
         let [tokens, _] = x.dims();
@@ -66,23 +72,33 @@ impl Router {
             Tensor::<1>::random([tokens], Distribution::Uniform(0.0, 1.0), &logits.device())
         });
 
-        // One round trip for the logits and (when needed) the draws.
+        // One round trip for the logits, the draws and the balancer state.
         let mut transaction = Transaction::default().register(logits.clone());
-        if let Some(d) = &draws_tensor {
-            transaction = transaction.register(d.clone());
+        for t in draws_tensor.iter().chain(state.iter()) {
+            transaction = transaction.register(t.clone());
         }
         let mut data = transaction
             .try_execute()
             .map_err(|e| MoeError::Backend(format!("router read-back failed: {e:?}")))?
             .into_iter();
         let host_logits = read_f32(data.next())?;
-        let draws = match draws_tensor {
-            Some(_) => Some(read_f32(data.next())?),
-            None => None,
-        };
+        let draws = draws_tensor.map(|_| read_f32(data.next())).transpose()?;
+        let state = state.map(|_| read_f32(data.next())).transpose()?;
         check_finite(&host_logits, experts)?;
 
         let host_scores = scores_from_logits(&host_logits, experts, config.score_function);
+        let shape = BatchShape {
+            tokens,
+            experts,
+            top_k: config.top_k,
+        };
+        let step = offset_before_routing(
+            &config.balancer,
+            state.as_deref(),
+            &host_scores,
+            &shape,
+            training,
+        );
         let rule = RoutingRule {
             top_k: config.top_k,
             groups: config.groups,
@@ -91,12 +107,20 @@ impl Router {
         };
         let plan = plan_routing(
             &host_scores,
-            offset,
+            step.offset.as_deref(),
             tokens,
             experts,
             &rule,
             draws.as_deref(),
         )?;
+        let new_state = state_after_routing(
+            &config.balancer,
+            state.as_deref(),
+            step,
+            &host_scores,
+            &plan,
+            training,
+        );
         let scores = match config.score_function {
             ScoreFunction::Softmax => softmax(logits.clone(), 1),
             ScoreFunction::Sigmoid => sigmoid(logits.clone()),
@@ -106,8 +130,27 @@ impl Router {
             scores,
             plan,
             draws,
+            new_state,
+            entropy: mean_entropy(&host_scores, experts),
         })
     }
+}
+
+/// Mean over tokens of the entropy (nats) of each token's scores, normalised to sum to 1.
+fn mean_entropy(scores: &[f32], experts: usize) -> f32 {
+    let rows = scores.len() / experts;
+    let total: f32 = scores
+        .chunks_exact(experts)
+        .map(|row| {
+            let z: f32 = row.iter().sum();
+            -row.iter()
+                .map(|&s| s / z)
+                .filter(|&p| p > 0.0)
+                .map(|p| p * p.ln())
+                .sum::<f32>()
+        })
+        .sum();
+    total / rows.max(1) as f32
 }
 
 fn read_f32(data: Option<burn::tensor::TensorData>) -> Result<Vec<f32>> {

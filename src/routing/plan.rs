@@ -220,6 +220,7 @@ mod tests {
             .is_err()
         );
         assert!(plan_routing(&[0.5; 6], Some(&[0.0]), 3, 2, &rule(1), None).is_err());
+        assert!(plan_routing(&[0.5; 6], Some(&[0.0, f32::NAN]), 3, 2, &rule(1), None).is_err());
         assert!(plan_routing(&[], None, 0, 2, &rule(1), None).is_err());
     }
 }
