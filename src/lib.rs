@@ -14,10 +14,14 @@
 
 pub mod balance;
 pub mod checkpoint;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod model;
 pub mod moe;
 pub mod routing;
+pub mod telemetry;
+pub mod train;
 
 pub use device::BackendKind;
 pub use error::{MoeError, Result};

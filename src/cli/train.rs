@@ -1,0 +1,353 @@
+//! `burn-moe train`, `eval` and `generate`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use burn::module::Module;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use burn_moe::BackendKind;
+use burn_moe::balance::BalancerConfig;
+use burn_moe::data::TextData;
+use burn_moe::model::Preset;
+use burn_moe::train::{
+    Progress, RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, evaluate, generate,
+    train,
+};
+
+/// Options of `burn-moe train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Model size: tiny or small.
+    #[arg(long, default_value = "tiny")]
+    pub preset: Preset,
+    /// Text file to train on (UTF-8); default: the embedded generated corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory for checkpoints, trace and metrics.
+    #[arg(long, default_value = "runs/moe-lm")]
+    pub out: PathBuf,
+    /// Continue the run in this directory from its latest checkpoint (other model and data
+    /// options are taken from the run; --steps may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Total training steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Routed experts per MoE layer (default: the preset's).
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Experts per token (default: the preset's).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Transformer blocks (default: the preset's).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// A MoE FFN in every N-th block (others dense).
+    #[arg(long, default_value_t = 1)]
+    pub moe_every: usize,
+    /// Make the first block dense.
+    #[arg(long)]
+    pub dense_first: bool,
+    /// Capacity factor (omit for dropless).
+    #[arg(long)]
+    pub capacity_factor: Option<f64>,
+    /// Load balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip,
+    /// bip-noclamp, bip-lagged.
+    #[arg(long, default_value = "none")]
+    pub balancer: BalancerConfig,
+    /// Router z-loss weight (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub z_loss: f64,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Print only a final JSON summary line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Bar(Option<ProgressBar>);
+
+impl Progress for Bar {
+    fn step(&mut self, step: u64, total: u64, loss: f64, tps: f64, maxvio: f64) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(total);
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {loss:.4}  {tps:>7.0} tok/s  MaxVio {maxvio:.3}"
+            ));
+            if !bar.is_hidden() {
+                return;
+            }
+            // No terminal (CI, a pipe): a plain line now and then.
+            if step == 1 || step.is_multiple_of(25) || step == total {
+                eprintln!(
+                    "step {step}/{total}  loss {loss:.4}  {tps:.0} tok/s  MaxVio {maxvio:.3}"
+                );
+            }
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        match &self.0 {
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            Some(_) => eprintln!("{text}"),
+            None => {}
+        }
+    }
+}
+
+/// Ctrl-C sets the flag; training stops after the current step with a checkpoint.
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    if ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // second Ctrl-C: stop now
+        }
+        eprintln!(
+            "\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+    })
+    .is_err()
+    {
+        log::warn!("could not install the Ctrl-C handler");
+    }
+    flag
+}
+
+pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let device = args.backend.device(false)?;
+    let (dir, start) = match &args.resume {
+        Some(path) => (
+            RunDir::open(path)?,
+            TrainStart::Resume { steps: args.steps },
+        ),
+        None => {
+            let mut model = args.preset.config(args.seq_len.max(64));
+            model.moe.num_experts = args.experts.unwrap_or(model.moe.num_experts);
+            model.moe.top_k = args.top_k.unwrap_or(model.moe.top_k);
+            model.n_layers = args.layers.unwrap_or(model.n_layers);
+            model.moe.capacity_factor = args.capacity_factor;
+            model.moe.balancer = args.balancer.clone();
+            model.moe.z_loss_weight = args.z_loss;
+            model.moe_every = args.moe_every;
+            model.dense_first = args.dense_first;
+            let train = TrainConfig::new()
+                .with_steps(args.steps.unwrap_or(200))
+                .with_batch_size(args.batch_size)
+                .with_seq_len(args.seq_len)
+                .with_lr(args.lr)
+                .with_warmup_steps(args.warmup)
+                .with_seed(args.seed)
+                .with_eval_every(args.eval_every)
+                .with_checkpoint_every(args.checkpoint_every);
+            let manifest = RunManifest {
+                model,
+                train,
+                data: args.data.clone(),
+            };
+            (
+                RunDir::create(&args.out)?,
+                TrainStart::Fresh(Box::new(manifest)),
+            )
+        }
+    };
+    let mut bar = Bar((!args.json).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    }));
+    if !args.json {
+        eprintln!(
+            "training on {} ({}), run directory {}",
+            args.backend,
+            describe_backend(args.backend),
+            dir.root().display()
+        );
+    }
+    let summary = train(&dir, start, &device, Some(stop_flag()), &mut bar)?;
+    if let Some(b) = &bar.0 {
+        b.finish_and_clear();
+    }
+    if !args.json {
+        println!(
+            "done: {} steps, train loss {:.4} (first {:.4}), val loss {:.4}, val ppl {:.2}, AvgMaxVio {:.3}, {:.0} tokens/s",
+            summary.steps,
+            summary.final_train_loss,
+            summary.first_train_loss,
+            summary.val_loss,
+            summary.val_ppl,
+            summary.avg_maxvio,
+            summary.tokens_per_s
+        );
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+fn describe_backend(b: BackendKind) -> String {
+    match b {
+        BackendKind::Wgpu => burn_moe::device::probe_wgpu_adapter()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        _ => "CPU".into(),
+    }
+}
+
+/// Options of `burn-moe eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Run directory written by `burn-moe train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Evaluate on this text file's validation split (default: the run's data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Validation batches (of the run's batch size and seq-len).
+    #[arg(long, default_value_t = 32)]
+    pub batches: usize,
+    /// Print only a JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let dir = RunDir::open(&args.checkpoint)?;
+    let manifest = dir.manifest()?;
+    let device = args.backend.device(false)?;
+    let model = manifest.model.init(&device)?;
+    let (model, _, state) = dir.load_checkpoint(model, None)?;
+    let data = match args.data.as_ref().or(manifest.data.as_ref()) {
+        Some(path) => TextData::from_file(path)?,
+        None => TextData::default_corpus(manifest.train.seed),
+    };
+    data.check_seq_len(manifest.train.seq_len)?;
+    let report = evaluate(
+        &model,
+        &data,
+        manifest.train.batch_size,
+        manifest.train.seq_len,
+        args.batches,
+    )
+    .context("evaluating")?;
+    if !args.json {
+        println!(
+            "checkpoint at step {} on {}: {} tokens",
+            state.step, data.source, report.tokens
+        );
+        println!(
+            "loss {:.4}  perplexity {:.3}",
+            report.loss, report.perplexity
+        );
+        for (l, (g, d)) in report
+            .maxvio_global
+            .iter()
+            .zip(&report.drop_rate)
+            .enumerate()
+        {
+            println!(
+                "MoE layer {l}: MaxVio_global {g:.4}  MaxVio_batch {:.4}  drop rate {:.4}",
+                report.maxvio_batch[l], d
+            );
+        }
+    }
+    let mut json = serde_json::to_value(&report)?;
+    json["step"] = state.step.into();
+    json["val_loss"] = report.loss.into();
+    json["val_ppl"] = report.perplexity.into();
+    println!("{json}");
+    Ok(())
+}
+
+/// Options of `burn-moe generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Run directory written by `burn-moe train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let dir = RunDir::open(&args.checkpoint)?;
+    let manifest = dir.manifest()?;
+    let device = args.backend.device(false)?;
+    let (model, _, _) = dir.load_checkpoint(manifest.model.init(&device)?, None)?;
+    let sampling = SamplingConfig {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let mut stdout = std::io::stdout();
+    print!("{}", args.prompt);
+    let mut pending = Vec::new(); // bytes of a UTF-8 character not yet complete
+    generate(&model.valid(), &args.prompt, sampling, |byte| {
+        pending.push(byte);
+        match std::str::from_utf8(&pending) {
+            Ok(s) => {
+                print!("{s}");
+                pending.clear();
+            }
+            Err(e) if e.error_len().is_some() => {
+                print!("{}", String::from_utf8_lossy(&pending));
+                pending.clear();
+            }
+            Err(_) => {} // incomplete: wait for the next byte
+        }
+        stdout.flush().ok();
+    })?;
+    println!();
+    Ok(())
+}

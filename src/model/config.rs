@@ -1,0 +1,172 @@
+//! [`MoeLmConfig`] and the named presets.
+
+use std::str::FromStr;
+
+use burn::config::Config;
+use burn::tensor::Device;
+
+use crate::error::{MoeError, Result, ensure_config};
+use crate::model::MoeLm;
+use crate::moe::MoeConfig;
+
+/// Normalisation layer of the blocks.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm (LLaMA, DeepSeek).
+    Rms,
+    /// LayerNorm (GPT-2).
+    Layer,
+}
+
+/// Configuration of [`MoeLm`].
+#[derive(Config, Debug)]
+pub struct MoeLmConfig {
+    /// Vocabulary size: 256 for the byte-level tokenizer.
+    #[config(default = 256)]
+    pub vocab_size: usize,
+    /// Longest context the positional embedding covers.
+    pub max_seq_len: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Attention heads; must divide `moe.d_model`.
+    pub n_heads: usize,
+    /// The MoE FFN of every MoE block (`d_model` here is the model width).
+    pub moe: MoeConfig,
+    /// A MoE FFN in every `moe_every`-th block (1: every block; 2: every other, GShard-style);
+    /// the other blocks have a dense FFN of width `dense_d_ff`.
+    #[config(default = 1)]
+    pub moe_every: usize,
+    /// Make the first block dense even where `moe_every` would put a MoE layer there.
+    #[config(default = false)]
+    pub dense_first: bool,
+    /// Hidden width of the dense FFNs.
+    pub dense_d_ff: usize,
+    /// Normalisation.
+    #[config(default = "NormKind::Rms")]
+    pub norm: NormKind,
+    /// Attention dropout during training.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+impl MoeLmConfig {
+    /// Width of the token representation.
+    pub fn d_model(&self) -> usize {
+        self.moe.d_model
+    }
+
+    /// Whether block `i` has a MoE FFN.
+    pub fn is_moe_block(&self, i: usize) -> bool {
+        i % self.moe_every == self.moe_every - 1 && !(self.dense_first && i == 0)
+    }
+
+    /// Checks every field, then the MoE config.
+    pub fn validate(&self) -> Result<()> {
+        self.moe.validate()?;
+        ensure_config(self.vocab_size > 0, || {
+            "vocab_size must be at least 1".into()
+        })?;
+        ensure_config(self.max_seq_len > 0, || {
+            "max_seq_len must be at least 1".into()
+        })?;
+        ensure_config(self.n_layers > 0, || "n_layers must be at least 1".into())?;
+        ensure_config(
+            self.n_heads > 0 && self.d_model().is_multiple_of(self.n_heads),
+            || {
+                format!(
+                    "n_heads ({}) must divide d_model ({})",
+                    self.n_heads,
+                    self.d_model()
+                )
+            },
+        )?;
+        ensure_config(self.moe_every >= 1, || {
+            "moe_every must be at least 1".into()
+        })?;
+        ensure_config(self.dense_d_ff > 0, || {
+            "dense_d_ff must be at least 1".into()
+        })?;
+        ensure_config((0.0..1.0).contains(&self.dropout), || {
+            format!("dropout must be in [0, 1), got {}", self.dropout)
+        })?;
+        Ok(())
+    }
+
+    /// Validates and builds the model.
+    pub fn init(&self, device: &Device) -> Result<MoeLm> {
+        self.validate()?;
+        MoeLm::new(self, device)
+    }
+}
+
+/// Named model sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// 2 layers, d_model 64, 4 heads, 8 experts top-2: trains in seconds on a CPU.
+    Tiny,
+    /// 4 layers, d_model 128, 4 heads, 16 experts top-2.
+    Small,
+}
+
+impl Preset {
+    /// The preset's config for contexts up to `max_seq_len` tokens.
+    pub fn config(self, max_seq_len: usize) -> MoeLmConfig {
+        let (d, layers, heads, experts, d_ff) = match self {
+            Preset::Tiny => (64, 2, 4, 8, 128),
+            Preset::Small => (128, 4, 4, 16, 256),
+        };
+        let moe = MoeConfig::new(d, d_ff, experts)
+            .with_top_k(2)
+            .with_normalize_gates(true);
+        MoeLmConfig::new(max_seq_len, layers, heads, moe, 2 * d_ff)
+    }
+}
+
+impl FromStr for Preset {
+    type Err = MoeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tiny" => Ok(Preset::Tiny),
+            "small" => Ok(Preset::Small),
+            other => Err(MoeError::Config(format!(
+                "unknown preset `{other}`: expected tiny or small"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moe_placement() {
+        let cfg = MoeLmConfig {
+            n_layers: 4,
+            ..Preset::Tiny.config(32)
+        };
+        assert!((0..4).all(|i| cfg.is_moe_block(i)));
+        let every_other = cfg.clone().with_moe_every(2);
+        assert_eq!(
+            (0..4)
+                .map(|i| every_other.is_moe_block(i))
+                .collect::<Vec<_>>(),
+            [false, true, false, true]
+        );
+        let dense_first = cfg.with_dense_first(true);
+        assert!(!dense_first.is_moe_block(0) && dense_first.is_moe_block(1));
+    }
+
+    #[test]
+    fn heads_must_divide_width() {
+        assert!(
+            MoeLmConfig {
+                n_heads: 5,
+                ..Preset::Tiny.config(32)
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(Preset::Small.config(32).validate().is_ok());
+    }
+}

@@ -1,0 +1,74 @@
+//! Validation: loss, perplexity and the global balance of every MoE layer.
+
+use serde::Serialize;
+
+use crate::balance::metrics::MaxVioTracker;
+use crate::data::TextData;
+use crate::error::Result;
+use crate::model::MoeLm;
+
+/// Validation results.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Mean next-token cross-entropy (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Tokens evaluated.
+    pub tokens: usize,
+    /// Per MoE layer: MaxVio of the loads summed over the whole evaluation set.
+    pub maxvio_global: Vec<f64>,
+    /// Per MoE layer: mean per-batch MaxVio.
+    pub maxvio_batch: Vec<f64>,
+    /// Per MoE layer: dropped assignments over used assignments.
+    pub drop_rate: Vec<f64>,
+}
+
+impl EvalReport {
+    /// MaxVio_global averaged over layers.
+    pub fn mean_maxvio_global(&self) -> f64 {
+        self.maxvio_global.iter().sum::<f64>() / self.maxvio_global.len().max(1) as f64
+    }
+}
+
+/// Evaluates `model` (in eval mode: a non-autodiff device) on up to `max_batches` consecutive
+/// validation batches.
+pub fn evaluate(
+    model: &MoeLm,
+    data: &TextData,
+    batch: usize,
+    seq_len: usize,
+    max_batches: usize,
+) -> Result<EvalReport> {
+    let device = model.tokens.weight.val().device();
+    let layers = model.moe_layers().count();
+    let mut trackers = vec![MaxVioTracker::default(); layers];
+    let mut asked = vec![0usize; layers];
+    let mut dropped = vec![0usize; layers];
+    let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
+    for b in data.val_batches(batch, seq_len, max_batches, &device) {
+        let [rows, cols] = b.inputs.dims();
+        let out = model.forward(b.inputs)?;
+        let ce = MoeLm::cross_entropy(out.logits, b.targets).into_scalar::<f32>() as f64;
+        loss_sum += ce * (rows * cols) as f64;
+        tokens += rows * cols;
+        for (l, m) in out.moe.iter().enumerate() {
+            trackers[l].record(&m.routing.requested_counts);
+            asked[l] += m.routing.requested_counts.iter().sum::<usize>();
+            dropped[l] += m.routing.dropped_assignments();
+        }
+    }
+    let loss = loss_sum / tokens.max(1) as f64;
+    Ok(EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        maxvio_global: trackers.iter().map(MaxVioTracker::global).collect(),
+        maxvio_batch: trackers.iter().map(MaxVioTracker::average).collect(),
+        drop_rate: asked
+            .iter()
+            .zip(&dropped)
+            .map(|(&a, &d)| d as f64 / a.max(1) as f64)
+            .collect(),
+    })
+}

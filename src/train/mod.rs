@@ -1,0 +1,13 @@
+//! Training, evaluation and generation for [`MoeLm`](crate::model::MoeLm).
+
+mod eval;
+mod generate;
+mod run_dir;
+mod schedule;
+mod trainer;
+
+pub use eval::{EvalReport, evaluate};
+pub use generate::{SamplingConfig, generate};
+pub use run_dir::{CheckpointState, RunDir, RunManifest};
+pub use schedule::learning_rate;
+pub use trainer::{Progress, TrainConfig, TrainStart, TrainSummary, train};

@@ -1,0 +1,352 @@
+//! The training loop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::balance::metrics::max_vio;
+use crate::data::TextData;
+use crate::error::{MoeError, Result};
+use crate::model::MoeLm;
+use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
+use crate::train::{CheckpointState, RunDir, RunManifest, evaluate, learning_rate};
+
+/// Training settings.
+#[derive(Config, Debug)]
+pub struct TrainConfig {
+    /// Total optimizer steps.
+    #[config(default = 200)]
+    pub steps: u64,
+    /// Sequences per batch.
+    #[config(default = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    #[config(default = 64)]
+    pub seq_len: usize,
+    /// Peak learning rate (AdamW).
+    #[config(default = 3e-3)]
+    pub lr: f64,
+    /// Linear warmup steps.
+    #[config(default = 20)]
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    #[config(default = 0.1)]
+    pub min_lr_fraction: f64,
+    /// AdamW weight decay.
+    #[config(default = 0.01)]
+    pub weight_decay: f32,
+    /// Gradient-norm clipping threshold (0: off).
+    #[config(default = 1.0)]
+    pub grad_clip: f32,
+    /// Seed of the weights, the data order and every random draw.
+    #[config(default = 42)]
+    pub seed: u64,
+    /// Validate every this many steps (and at the end).
+    #[config(default = 100)]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[config(default = 8)]
+    pub eval_batches: usize,
+    /// Checkpoint every this many steps (and at the end).
+    #[config(default = 100)]
+    pub checkpoint_every: u64,
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(MoeError::Config(m));
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len == 0 {
+            return bad("steps, batch-size and seq-len must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr must be a finite number > 0, got {}", self.lr));
+        }
+        if self.eval_every == 0 || self.checkpoint_every == 0 {
+            return bad("eval-every and checkpoint-every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The final summary of a run (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// Steps completed (in total, across resumes).
+    pub steps: u64,
+    /// Mean training cross-entropy of the last 10 steps.
+    pub final_train_loss: f64,
+    /// Cross-entropy of the first step of this invocation.
+    pub first_train_loss: f64,
+    /// Validation cross-entropy at the end.
+    pub val_loss: f64,
+    /// Validation perplexity.
+    pub val_ppl: f64,
+    /// Mean over steps (and MoE layers) of the per-batch MaxVio, this invocation.
+    pub avg_maxvio: f64,
+    /// Training tokens per second, this invocation.
+    pub tokens_per_s: f64,
+    /// The run directory.
+    pub out_dir: String,
+    /// True when stopped early by Ctrl-C (a checkpoint was written).
+    pub interrupted: bool,
+}
+
+/// How a run reports progress.
+pub trait Progress {
+    /// After each step.
+    fn step(&mut self, step: u64, total: u64, loss: f64, tokens_per_s: f64, maxvio: f64);
+    /// A message (evaluation results, checkpoints).
+    fn message(&mut self, text: &str);
+}
+
+impl Progress for () {
+    fn step(&mut self, _: u64, _: u64, _: f64, _: f64, _: f64) {}
+    fn message(&mut self, _: &str) {}
+}
+
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let mut adamw = AdamWConfig::new().with_weight_decay(config.weight_decay);
+    if config.grad_clip > 0.0 {
+        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
+    }
+    adamw.init()
+}
+
+/// Mixes the run seed and a step into the seed of that step's random draws.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z ^ (z >> 29)
+}
+
+/// How a training invocation starts.
+#[derive(Debug, Clone)]
+pub enum TrainStart {
+    /// A new run: writes `run.json` from the manifest (replacing any earlier run in the dir).
+    Fresh(Box<RunManifest>),
+    /// Continue the run in the directory from its latest checkpoint, optionally to a new total
+    /// step count.
+    Resume {
+        /// New total steps (`None`: the run's own).
+        steps: Option<u64>,
+    },
+}
+
+/// Trains the run in `dir` on `device` (made autodiff here). `stop`, when set (Ctrl-C), ends
+/// the run after the current step with a checkpoint.
+pub fn train(
+    dir: &RunDir,
+    start: TrainStart,
+    device: &Device,
+    stop: Option<Arc<AtomicBool>>,
+    progress: &mut dyn Progress,
+) -> Result<TrainSummary> {
+    let device = device.clone().autodiff();
+    let resume = matches!(start, TrainStart::Resume { .. });
+    let manifest = match start {
+        TrainStart::Fresh(m) => *m,
+        TrainStart::Resume { steps } => {
+            let mut m = dir.manifest()?;
+            if let Some(steps) = steps {
+                m.train.steps = steps;
+            }
+            m
+        }
+    };
+    let config = manifest.train.clone();
+    config.validate()?;
+    let data = match &manifest.data {
+        Some(path) => TextData::from_file(path)?,
+        None => TextData::default_corpus(config.seed),
+    };
+    data.check_seq_len(config.seq_len)?;
+    if config.seq_len > manifest.model.max_seq_len {
+        return Err(MoeError::Config(format!(
+            "seq-len {} exceeds the model's max_seq_len {}",
+            config.seq_len, manifest.model.max_seq_len
+        )));
+    }
+
+    device.seed(config.seed);
+    let mut model = manifest.model.init(&device)?;
+    let mut optim = optimizer(&config);
+    let mut state = CheckpointState {
+        step: 0,
+        tokens_seen: 0,
+        train_seconds: 0.0,
+    };
+    if resume {
+        let (m, o, s) = dir.load_checkpoint(model, Some(optim))?;
+        (model, state) = (m, s);
+        optim = o.ok_or_else(|| MoeError::Io("optimizer state missing".into()))?;
+        truncate_after(&dir.trace_path(), state.step)?;
+        progress.message(&format!("resumed from step {}", state.step));
+        dir.write_manifest(&manifest)?; // a new step count, if any
+    } else {
+        dir.write_manifest(&manifest)?;
+        for stale in [dir.trace_path(), dir.metrics_path()] {
+            std::fs::remove_file(stale).ok();
+        }
+    }
+    let mut trace = TraceWriter::append(&dir.trace_path())?;
+    let mut metrics = TraceWriterJson::append(&dir.metrics_path())?;
+
+    let started = Instant::now();
+    let seconds_before = state.train_seconds;
+    let tokens_per_step = (config.batch_size * config.seq_len) as u64;
+    let (mut first_loss, mut recent, mut maxvio_sum, mut steps_run) = (None, Vec::new(), 0.0, 0u64);
+    let mut interrupted = false;
+    let mut last_eval = None;
+    while state.step < config.steps {
+        let step = state.step + 1;
+        device.seed(step_seed(config.seed, step));
+        let batch = data.train_batch(
+            step,
+            config.batch_size,
+            config.seq_len,
+            config.seed,
+            &device,
+        );
+        let out = model.forward(batch.inputs)?;
+        let ce = MoeLm::cross_entropy(out.logits, batch.targets);
+        let mut loss = ce.clone();
+        for m in &out.moe {
+            if let Some(l) = &m.balance_loss {
+                loss = loss + l.clone();
+            }
+        }
+        let ce_value = ce.into_scalar::<f32>() as f64;
+        if !ce_value.is_finite() {
+            return Err(MoeError::Input(format!(
+                "training diverged: loss is {ce_value} at step {step}"
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = learning_rate(
+            step,
+            config.steps,
+            config.warmup_steps,
+            config.lr,
+            config.min_lr_fraction,
+        );
+        model = optim.step(lr, model, grads);
+        model = model.update_balancers(&out.moe);
+
+        let records: Vec<TraceRecord> = out
+            .moe
+            .iter()
+            .enumerate()
+            .map(|(layer, m)| TraceRecord {
+                step,
+                layer,
+                requested: m.routing.requested_counts.clone(),
+                computed: m.routing.computed_counts.clone(),
+            })
+            .collect();
+        trace.write_step(&records)?;
+        let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
+            / records.len().max(1) as f64;
+
+        state.step = step;
+        state.tokens_seen += tokens_per_step;
+        steps_run += 1;
+        maxvio_sum += maxvio;
+        first_loss.get_or_insert(ce_value);
+        recent.push(ce_value);
+        if recent.len() > 10 {
+            recent.remove(0);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
+        progress.step(step, config.steps, ce_value, tps, maxvio);
+        metrics.write(
+            &serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio}),
+        )?;
+
+        interrupted = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        let last = step == config.steps || interrupted;
+        if step.is_multiple_of(config.eval_every) || last {
+            let report = evaluate(
+                &model.valid(),
+                &data,
+                config.batch_size,
+                config.seq_len,
+                config.eval_batches,
+            )?;
+            progress.message(&format!(
+                "step {step}: val loss {:.4}, ppl {:.2}, MaxVio_global {:.3}",
+                report.loss,
+                report.perplexity,
+                report.mean_maxvio_global()
+            ));
+            metrics.write(&serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}))?;
+            last_eval = Some(report);
+        }
+        if step.is_multiple_of(config.checkpoint_every) || last {
+            state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+            dir.save_checkpoint(&model, &optim, state)?;
+            progress.message(&format!(
+                "step {step}: checkpoint saved in {}",
+                dir.root().display()
+            ));
+        }
+        if interrupted {
+            break;
+        }
+    }
+    let eval = match last_eval {
+        Some(e) => e,
+        None => evaluate(
+            &model.valid(),
+            &data,
+            config.batch_size,
+            config.seq_len,
+            config.eval_batches,
+        )?,
+    };
+    Ok(TrainSummary {
+        steps: state.step,
+        final_train_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
+        first_train_loss: first_loss.unwrap_or(f64::NAN),
+        val_loss: eval.loss,
+        val_ppl: eval.perplexity,
+        avg_maxvio: maxvio_sum / steps_run.max(1) as f64,
+        tokens_per_s: (steps_run * tokens_per_step) as f64
+            / started.elapsed().as_secs_f64().max(1e-9),
+        out_dir: dir.root().display().to_string(),
+        interrupted,
+    })
+}
+
+/// Appends JSON objects as lines to the metrics file.
+struct TraceWriterJson {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl TraceWriterJson {
+    fn append(path: &std::path::Path) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| MoeError::Io(format!("opening {}: {e}", path.display())))?;
+        Ok(TraceWriterJson {
+            out: std::io::BufWriter::new(f),
+        })
+    }
+
+    fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.out, "{value}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| MoeError::Io(e.to_string()))
+    }
+}

@@ -1,0 +1,189 @@
+//! The MoE language model: it learns, resumes exactly, and rejects bad data and checkpoints.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use burn_moe::BackendKind;
+use burn_moe::model::{MoeLmConfig, Preset};
+use burn_moe::train::{RunDir, RunManifest, TrainConfig, TrainStart, TrainSummary, train};
+use common::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-moe-lm-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+fn manifest(model: MoeLmConfig, steps: u64, data: Option<PathBuf>) -> RunManifest {
+    let train = TrainConfig::new()
+        .with_steps(steps)
+        .with_batch_size(8)
+        .with_seq_len(32)
+        .with_warmup_steps(5)
+        .with_eval_every(1000)
+        .with_eval_batches(2)
+        .with_checkpoint_every(10);
+    RunManifest { model, train, data }
+}
+
+fn run(dir: &Path, start: TrainStart, device: &Device) -> burn_moe::Result<TrainSummary> {
+    train(&RunDir::create(dir)?, start, device, None, &mut ())
+}
+
+#[test]
+fn tiny_preset_learns_on_every_backend() {
+    for (backend, device) in devices(false) {
+        let dir = temp_dir(&format!("learn-{backend}"));
+        let m = manifest(Preset::Tiny.config(32), 40, None);
+        let s = run(&dir, TrainStart::Fresh(Box::new(m)), &device).unwrap();
+        eprintln!(
+            "{backend}: train loss {:.3} -> {:.3}, val loss {:.3}, {:.0} tokens/s",
+            s.first_train_loss, s.final_train_loss, s.val_loss, s.tokens_per_s
+        );
+        // ln(256) = 5.55 is a uniform guess; the embedded corpus is far from uniform.
+        assert!(
+            s.first_train_loss > 5.0,
+            "{backend}: starts near uniform, got {}",
+            s.first_train_loss
+        );
+        assert!(
+            s.final_train_loss < 3.6,
+            "{backend}: after 40 steps got {}",
+            s.final_train_loss
+        );
+        assert!(s.val_loss < 3.8, "{backend}: val loss {}", s.val_loss);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+fn small_model() -> MoeLmConfig {
+    let mut m = Preset::Tiny.config(32);
+    m.moe = m
+        .moe
+        .clone()
+        .with_balancer("loss-free".parse().unwrap())
+        .with_capacity_factor(Some(1.25));
+    m
+}
+
+fn trace_steps(dir: &Path) -> Vec<u64> {
+    burn_moe::telemetry::trace::TraceReader::open(&dir.join("trace.jsonl"))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter(|r| r.layer == 0)
+        .map(|r| r.step)
+        .collect()
+}
+
+fn final_params(dir: &Path, device: &Device) -> Vec<Vec<f32>> {
+    let run = RunDir::open(dir).unwrap();
+    let model = run.manifest().unwrap().model.init(device).unwrap();
+    let (model, _, state) = run.load_checkpoint(model, None).unwrap();
+    assert_eq!(state.step, 20);
+    let mut out = vec![host(model.tokens.weight.val())];
+    for moe in model.moe_layers() {
+        out.push(host(moe.router.gate.weight.val()));
+        out.push(host(moe.experts.w_in.val()));
+        out.push(moe.balancer_state_values().unwrap());
+    }
+    out
+}
+
+#[test]
+fn resume_matches_an_uninterrupted_run() {
+    for (backend, device) in devices(false) {
+        let straight = temp_dir(&format!("straight-{backend}"));
+        let resumed = temp_dir(&format!("resumed-{backend}"));
+        run(
+            &straight,
+            TrainStart::Fresh(Box::new(manifest(small_model(), 20, None))),
+            &device,
+        )
+        .unwrap();
+        run(
+            &resumed,
+            TrainStart::Fresh(Box::new(manifest(small_model(), 10, None))),
+            &device,
+        )
+        .unwrap();
+        run(&resumed, TrainStart::Resume { steps: Some(20) }, &device).unwrap();
+        let (a, b) = (
+            final_params(&straight, &device),
+            final_params(&resumed, &device),
+        );
+        for (pa, pb) in a.iter().zip(&b) {
+            match backend {
+                BackendKind::Wgpu => assert_close(&format!("{backend} resume"), pb, pa, 1e-4, 1e-3),
+                _ => assert_eq!(pa, pb, "{backend}: resumed run must be bitwise identical"),
+            }
+        }
+        assert_eq!(trace_steps(&resumed), (1..=20).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&straight).ok();
+        std::fs::remove_dir_all(&resumed).ok();
+    }
+}
+
+#[test]
+fn corrupted_checkpoint_is_a_clear_error() {
+    let device = ndarray(false);
+    let dir = temp_dir("corrupt");
+    run(
+        &dir,
+        TrainStart::Fresh(Box::new(manifest(small_model(), 10, None))),
+        &device,
+    )
+    .unwrap();
+    let run_dir = RunDir::open(&dir).unwrap();
+    let ckpt = run_dir.latest_checkpoint().unwrap();
+    let bytes = std::fs::read(ckpt.join("model.bpk")).unwrap();
+    std::fs::write(ckpt.join("model.bpk"), &bytes[..bytes.len() / 2]).unwrap();
+    let model = run_dir.manifest().unwrap().model.init(&device).unwrap();
+    let err = match run_dir.load_checkpoint(model, None) {
+        Ok(_) => panic!("a truncated model.bpk must not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("model.bpk"), "{err}");
+    let err = run(&dir, TrainStart::Resume { steps: Some(20) }, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.bpk"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_data_is_a_clear_error() {
+    let device = ndarray(false);
+    let dir = temp_dir("bad-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: Vec<(PathBuf, &[u8], &str)> = vec![
+        (dir.join("missing.txt"), b"", "cannot read"),
+        (dir.join("empty.txt"), b"", "is empty"),
+        (
+            dir.join("latin1.txt"),
+            b"caf\xe9 au lait, encore du caf\xe9",
+            "not UTF-8",
+        ),
+        (
+            dir.join("short.txt"),
+            b"far too short for a window",
+            "does not fit",
+        ),
+    ];
+    for (path, bytes, expected) in cases {
+        if !path.ends_with("missing.txt") {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let m = manifest(small_model(), 5, Some(path.clone()));
+        let err = run(&dir.join("run"), TrainStart::Fresh(Box::new(m)), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{}: `{err}` should say `{expected}`",
+            path.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
