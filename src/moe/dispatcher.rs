@@ -25,13 +25,14 @@ impl TokenDispatcher {
     /// Lays out the plan's admitted assignments.
     ///
     /// With a capacity the block has `groups * capacity` slots per expert, the same every call
-    /// (one shape to compile and tune on a GPU); dropless it has the largest expert load, rounded
-    /// up to a multiple of 8 to keep the number of distinct shapes small.
+    /// (one shape to compile and tune on a GPU); dropless it has the largest expert load rounded
+    /// up to a coarse bucket (see [`slot_bucket`]), so a GPU compiles and tunes a handful of
+    /// shapes instead of a new one at almost every call.
     pub fn new(plan: &RoutingPlan, groups: usize, device: &Device) -> Self {
         let most = plan.computed_counts.iter().copied().max().unwrap_or(0);
         let slots = match plan.capacity {
             Some(c) => groups * c,
-            None => most.div_ceil(8) * 8,
+            None => slot_bucket(most),
         }
         .max(1);
         let (pad_token, pad_assignment) = (plan.tokens as i64, (plan.tokens * plan.top_k) as i64);
@@ -103,5 +104,33 @@ impl TokenDispatcher {
             .reshape([self.tokens, self.top_k, d])
             .sum_dim(1)
             .reshape([self.tokens, d])
+    }
+}
+
+/// `load` rounded up to keep its three leading binary digits: a multiple of
+/// `max(8, next_power_of_two(load) / 8)`. Padding stays under a quarter of the load (above 32) while
+/// the number of distinct sizes grows only with the logarithm of the load.
+pub fn slot_bucket(load: usize) -> usize {
+    let step = (load.next_power_of_two() / 8).max(8);
+    load.div_ceil(step) * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_bucket;
+
+    #[test]
+    fn buckets_pad_little_and_stay_few() {
+        assert_eq!(slot_bucket(0), 0);
+        assert_eq!(slot_bucket(5), 8);
+        assert_eq!(slot_bucket(400), 448);
+        assert_eq!(slot_bucket(512), 512);
+        assert_eq!(slot_bucket(513), 640);
+        for load in 1..5000usize {
+            let b = slot_bucket(load);
+            assert!(b >= load && (b - load) * 4 < load.max(32), "{load} -> {b}");
+        }
+        let distinct: std::collections::BTreeSet<_> = (1..5000).map(slot_bucket).collect();
+        assert!(distinct.len() < 80, "{}", distinct.len());
     }
 }
