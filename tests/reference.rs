@@ -294,3 +294,52 @@ fn many_experts_top2() {
     let cfg = MoeConfig::new(8, 8, 64).with_normalize_gates(true);
     check("64 experts", cfg, 2, 64, false, 23);
 }
+
+#[test]
+fn noisy_gating_adds_scaled_noise_in_training_only() {
+    let cfg = MoeConfig::new(8, 8, 4).with_noisy_gating(true);
+    let x = normal_vec(64 * 8, 30);
+    let logits_of = |training: bool| {
+        let device = ndarray(training);
+        device.seed(31);
+        let moe = cfg.init(&device).unwrap();
+        let out = moe
+            .route(tensor3(x.clone(), [1, 64, 8], &device), training)
+            .unwrap();
+        let clean = moe
+            .router
+            .gate
+            .forward(tensor3(x.clone(), [1, 64, 8], &device));
+        let noise_scale = burn::tensor::activation::softplus(
+            moe.router
+                .noise
+                .as_ref()
+                .unwrap()
+                .forward(tensor3(x.clone(), [1, 64, 8], &device)),
+            1.0,
+        );
+        (host(out.logits), host(clean), host(noise_scale))
+    };
+    let (eval, clean, _) = logits_of(false);
+    assert_close(
+        "eval logits are the clean logits",
+        &eval,
+        &clean,
+        1e-6,
+        1e-6,
+    );
+    let (train, clean, scale) = logits_of(true);
+    // (noisy - clean) / scale must look like N(0, 1) draws.
+    let z: Vec<f64> = train
+        .iter()
+        .zip(&clean)
+        .zip(&scale)
+        .map(|((t, c), s)| ((t - c) / s) as f64)
+        .collect();
+    let mean = z.iter().sum::<f64>() / z.len() as f64;
+    let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / z.len() as f64;
+    assert!(
+        mean.abs() < 0.2 && (var - 1.0).abs() < 0.3,
+        "noise mean {mean}, variance {var}"
+    );
+}
