@@ -37,7 +37,7 @@ pub struct DemoArgs {
     pub capacity_factor: Option<f64>,
     /// Score function: softmax or sigmoid.
     #[arg(long, default_value = "softmax")]
-    pub score: String,
+    pub score: ScoreFunction,
     /// Shared experts.
     #[arg(long, default_value_t = 0)]
     pub shared: usize,
@@ -70,16 +70,11 @@ fn clustered_tokens(tokens: usize, d: usize, seed: u64) -> Vec<f32> {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let score = match args.score.as_str() {
-        "softmax" => ScoreFunction::Softmax,
-        "sigmoid" => ScoreFunction::Sigmoid,
-        other => anyhow::bail!("unknown score function `{other}`: expected softmax or sigmoid"),
-    };
     let device = args.backend.device(false)?;
     device.seed(args.seed);
     let config = MoeConfig::new(args.d_model, args.d_ff, args.experts)
         .with_top_k(args.top_k)
-        .with_score_function(score)
+        .with_score_function(args.score)
         .with_normalize_gates(args.top_k > 1)
         .with_capacity_factor(args.capacity_factor)
         .with_num_shared_experts(args.shared);

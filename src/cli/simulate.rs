@@ -43,7 +43,7 @@ pub struct SimulateArgs {
     pub z_loss: f64,
     /// Score function: softmax or sigmoid.
     #[arg(long, default_value = "softmax")]
-    pub score: ScoreFunctionArg,
+    pub score: ScoreFunction,
     /// Router SGD learning rate for loss balancers.
     #[arg(long, default_value_t = 1.0)]
     pub router_lr: f64,
@@ -56,23 +56,6 @@ pub struct SimulateArgs {
     /// Print only the final JSON summary line.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `softmax` or `sigmoid`, parsed from the command line.
-#[derive(Debug, Clone, Copy)]
-pub struct ScoreFunctionArg(pub ScoreFunction);
-
-impl std::str::FromStr for ScoreFunctionArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "softmax" => Ok(ScoreFunctionArg(ScoreFunction::Softmax)),
-            "sigmoid" => Ok(ScoreFunctionArg(ScoreFunction::Sigmoid)),
-            other => Err(format!(
-                "unknown score function `{other}`: expected softmax or sigmoid"
-            )),
-        }
-    }
 }
 
 /// Applies the command-line overrides to the named balancer.
@@ -102,7 +85,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         steps: args.steps,
         balancer: balancer(args),
         z_loss_weight: args.z_loss,
-        score_function: args.score.0,
+        score_function: args.score,
         router_lr: args.router_lr,
         seed: args.seed,
         ..SimulationConfig::new(BalancerConfig::None)

@@ -16,6 +16,20 @@ pub enum ScoreFunction {
     Sigmoid,
 }
 
+impl std::str::FromStr for ScoreFunction {
+    type Err = crate::MoeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "softmax" => Ok(ScoreFunction::Softmax),
+            "sigmoid" => Ok(ScoreFunction::Sigmoid),
+            other => Err(crate::MoeError::Config(format!(
+                "unknown score function `{other}`: expected softmax or sigmoid"
+            ))),
+        }
+    }
+}
+
 /// The feed-forward block inside each expert.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum ExpertActivation {
