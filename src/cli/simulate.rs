@@ -90,6 +90,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..SimulationConfig::new(BalancerConfig::None)
     };
+    config.balancer.validate()?;
     let device = args.backend.device(false)?;
     if !args.json {
         println!(
