@@ -416,3 +416,42 @@ fn balancers_agree_on_wgpu_and_ndarray() {
 }
 
 use burn::module::Module;
+
+#[test]
+fn balance_metrics_of_a_call_and_over_layers() {
+    use burn_moe::balance::metrics::BalanceMetrics;
+    let cfg = MoeConfig::new(8, 4, 4)
+        .with_top_k(1)
+        .with_capacity_factor(Some(0.5));
+    let out = route(&cfg, 1, 40, 21, false);
+    let m = BalanceMetrics::from_output(&out);
+    let req = &out.routing.requested_counts;
+    let mean = 40.0 / 4.0;
+    let max = *req.iter().max().unwrap() as f64;
+    assert!((m.max_vio - (max - mean) / mean).abs() < 1e-12);
+    // Capacity ceil(0.5 * 40 / 4) = 5 per expert: at most 20 of 40 assignments computed.
+    assert!(
+        m.drop_rate >= 0.5
+            && (m.drop_rate - out.routing.dropped_assignments() as f64 / 40.0).abs() < 1e-12
+    );
+    assert_eq!(m.dead_experts, req.iter().filter(|c| **c == 0).count());
+    let s = host(out.scores.clone());
+    let entropy: f64 = s
+        .chunks(4)
+        .map(|r| -r.iter().map(|&p| p as f64 * (p as f64).ln()).sum::<f64>())
+        .sum::<f64>()
+        / 40.0;
+    assert!(
+        (m.router_entropy - entropy).abs() < 1e-4,
+        "{} vs {entropy}",
+        m.router_entropy
+    );
+    let other = BalanceMetrics {
+        max_vio: 0.0,
+        dead_experts: 2,
+        ..m
+    };
+    let avg = BalanceMetrics::mean_over_layers(&[m, other]);
+    assert!((avg.max_vio - m.max_vio / 2.0).abs() < 1e-12);
+    assert_eq!(avg.dead_experts, m.dead_experts + 2);
+}
