@@ -33,7 +33,7 @@ pub struct TraceRecord {
     pub computed: Vec<usize>,
 }
 
-/// Appends records to a trace file.
+/// Appends JSON lines (trace records, or any serialisable values) to a file.
 pub struct TraceWriter {
     out: BufWriter<File>,
     path: PathBuf,
@@ -55,6 +55,11 @@ impl TraceWriter {
 
     /// Writes the records of one step and flushes them to the file.
     pub fn write_step(&mut self, records: &[TraceRecord]) -> Result<()> {
+        self.write_lines(records)
+    }
+
+    /// Writes any serialisable values, one JSON line each, and flushes them to the file.
+    pub fn write_lines<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
         let err = |e: &dyn std::fmt::Display| {
             MoeError::Io(format!("writing trace {}: {e}", self.path.display()))
         };

@@ -14,13 +14,12 @@
 //! temporary file, sync, rename) to name it, then older checkpoints are removed. A run killed at
 //! any moment leaves `latest` naming a complete checkpoint.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_module, save_module_atomic};
+use crate::checkpoint::{load_module, save_module_atomic, write_bytes_atomic, write_then_rename};
 use crate::error::{MoeError, Result};
 use crate::model::{MoeLm, MoeLmConfig};
 use crate::train::TrainConfig;
@@ -56,16 +55,6 @@ pub struct RunDir {
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> MoeError {
     MoeError::Io(format!("{what} {}: {e}", path.display()))
-}
-
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err("renaming into place", path, e))
 }
 
 impl RunDir {
@@ -108,7 +97,7 @@ impl RunDir {
     /// Writes `run.json`.
     pub fn write_manifest(&self, manifest: &RunManifest) -> Result<()> {
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| MoeError::Io(e.to_string()))?;
-        write_atomic(&self.root.join("run.json"), &json)
+        write_bytes_atomic(&self.root.join("run.json"), &json)
     }
 
     /// Reads `run.json`.
@@ -130,14 +119,14 @@ impl RunDir {
         std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
         save_module_atomic(model.clone(), &dir.join("model.bpk"))?;
         let optim_path = dir.join("optim.bpk");
-        let optim_tmp = dir.join("optim.bpk.tmp");
-        optim
-            .save(&optim_tmp)
-            .map_err(|e| io_err("writing", &optim_tmp, format!("{e:?}")))?;
-        std::fs::rename(&optim_tmp, &optim_path).map_err(|e| io_err("renaming", &optim_path, e))?;
+        write_then_rename(&optim_path, |tmp| {
+            optim
+                .save(tmp)
+                .map_err(|e| io_err("writing", &optim_path, format!("{e:?}")))
+        })?;
         let json = serde_json::to_vec_pretty(&state).map_err(|e| MoeError::Io(e.to_string()))?;
-        write_atomic(&dir.join("state.json"), &json)?;
-        write_atomic(&self.root.join("latest"), name.as_bytes())?;
+        write_bytes_atomic(&dir.join("state.json"), &json)?;
+        write_bytes_atomic(&self.root.join("latest"), name.as_bytes())?;
         // Only now is the older checkpoint unneeded.
         for entry in std::fs::read_dir(&self.root)
             .map_err(|e| io_err("listing", &self.root, e))?

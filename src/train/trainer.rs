@@ -197,7 +197,7 @@ pub fn train(
         }
     }
     let mut trace = TraceWriter::append(&dir.trace_path())?;
-    let mut metrics = TraceWriterJson::append(&dir.metrics_path())?;
+    let mut metrics = TraceWriter::append(&dir.metrics_path())?;
 
     let started = Instant::now();
     let seconds_before = state.train_seconds;
@@ -267,9 +267,9 @@ pub fn train(
         let elapsed = started.elapsed().as_secs_f64();
         let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
         progress.step(step, config.steps, ce_value, tps, maxvio);
-        metrics.write(
-            &serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio}),
-        )?;
+        metrics.write_lines(&[
+            serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio}),
+        ])?;
 
         interrupted = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         let last = step == config.steps || interrupted;
@@ -287,7 +287,9 @@ pub fn train(
                 report.perplexity,
                 report.mean_maxvio_global()
             ));
-            metrics.write(&serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}))?;
+            metrics.write_lines(&[
+                serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
+            ])?;
             last_eval = Some(report);
         }
         if step.is_multiple_of(config.checkpoint_every) || last {
@@ -324,29 +326,4 @@ pub fn train(
         out_dir: dir.root().display().to_string(),
         interrupted,
     })
-}
-
-/// Appends JSON objects as lines to the metrics file.
-struct TraceWriterJson {
-    out: std::io::BufWriter<std::fs::File>,
-}
-
-impl TraceWriterJson {
-    fn append(path: &std::path::Path) -> Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| MoeError::Io(format!("opening {}: {e}", path.display())))?;
-        Ok(TraceWriterJson {
-            out: std::io::BufWriter::new(f),
-        })
-    }
-
-    fn write(&mut self, value: &serde_json::Value) -> Result<()> {
-        use std::io::Write;
-        writeln!(self.out, "{value}")
-            .and_then(|_| self.out.flush())
-            .map_err(|e| MoeError::Io(e.to_string()))
-    }
 }
