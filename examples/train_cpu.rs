@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{backend}: train loss {:.3} -> {:.3}, val loss {:.3}, {:.0} tokens/s",
         summary.first_train_loss, summary.final_train_loss, summary.val_loss, summary.tokens_per_s
     );
-    let (model, _, _) = dir.load_checkpoint(dir.manifest()?.model.init(&device)?, None)?;
+    let (model, _) = dir.load_model(&device)?;
     let data = TextData::default_corpus(train_config.seed);
     let report = evaluate(&model, &data, 16, 64, 16)?;
     for (layer, maxvio) in report.maxvio_global.iter().enumerate() {

@@ -35,8 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         summary.val_loss, summary.tokens_per_s
     );
 
-    let model = dir.manifest()?.model.init(&device)?;
-    let (model, _, _) = dir.load_checkpoint(model, None)?;
+    let (model, _) = dir.load_model(&device)?;
     let sampling = SamplingConfig {
         max_tokens: 120,
         temperature: 0.7,

@@ -98,8 +98,7 @@ fn trace_steps(dir: &Path) -> Vec<u64> {
 
 fn final_params(dir: &Path, device: &Device) -> Vec<Vec<f32>> {
     let run = RunDir::open(dir).unwrap();
-    let model = run.manifest().unwrap().model.init(device).unwrap();
-    let (model, _, state) = run.load_checkpoint(model, None).unwrap();
+    let (model, state) = run.load_model(device).unwrap();
     assert_eq!(state.step, 20);
     let mut out = vec![host(model.tokens.weight.val())];
     for moe in model.moe_layers() {
@@ -181,7 +180,7 @@ fn corrupted_checkpoint_is_a_clear_error() {
     let bytes = std::fs::read(ckpt.join("model.bpk")).unwrap();
     std::fs::write(ckpt.join("model.bpk"), &bytes[..bytes.len() / 2]).unwrap();
     let model = run_dir.manifest().unwrap().model.init(&device).unwrap();
-    let err = match run_dir.load_checkpoint(model, None) {
+    let err = match run_dir.load_checkpoint(model) {
         Ok(_) => panic!("a truncated model.bpk must not load"),
         Err(e) => e.to_string(),
     };

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use burn_moe::BackendKind;
+use burn_moe::balance::metrics::max_vio;
 use burn_moe::moe::{MoeConfig, ScoreFunction};
 
 /// Options of `burn-moe demo`.
@@ -118,8 +119,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let plan = &out.routing;
     let total: usize = plan.computed_counts.iter().sum();
-    let mean = plan.requested_counts.iter().sum::<usize>() as f64 / args.experts as f64;
-    let max = *plan.requested_counts.iter().max().unwrap_or(&0) as f64;
     println!("\nexpert  requested  computed  share");
     for (e, (r, c)) in plan
         .requested_counts
@@ -140,7 +139,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     println!(
         "\nMaxVio (requested) {:.3}   capacity {}   dropped assignments {} ({:.2}%)   dropped tokens {}",
-        (max - mean) / mean,
+        max_vio(&plan.requested_counts),
         plan.capacity.map_or("none".into(), |c| c.to_string()),
         plan.dropped_assignments(),
         100.0 * plan.dropped_assignments() as f64 / (args.tokens * args.top_k) as f64,

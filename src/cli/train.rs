@@ -249,12 +249,9 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let dir = RunDir::open(&args.checkpoint)?;
     let manifest = dir.manifest()?;
     let device = args.backend.device(false)?;
-    let model = manifest.model.init(&device)?;
-    let (model, _, state) = dir.load_checkpoint(model, None)?;
-    let data = match args.data.as_ref().or(manifest.data.as_ref()) {
-        Some(path) => TextData::from_file(path)?,
-        None => TextData::default_corpus(manifest.train.seed),
-    };
+    let (model, state) = dir.load_model(&device)?;
+    let data_path = args.data.as_deref().or(manifest.data.as_deref());
+    let data = TextData::from_file_or_default(data_path, manifest.train.seed)?;
     data.check_seq_len(manifest.train.seq_len)?;
     let report = evaluate(
         &model,
@@ -321,9 +318,8 @@ pub struct GenerateArgs {
 
 pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let dir = RunDir::open(&args.checkpoint)?;
-    let manifest = dir.manifest()?;
     let device = args.backend.device(false)?;
-    let (model, _, _) = dir.load_checkpoint(manifest.model.init(&device)?, None)?;
+    let (model, _) = dir.load_model(&device)?;
     let sampling = SamplingConfig {
         max_tokens: args.max_tokens,
         temperature: args.temperature,

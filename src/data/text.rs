@@ -59,6 +59,14 @@ impl TextData {
         Ok(Self::split(bytes, 0.1, path.display().to_string()))
     }
 
+    /// The file at `path`, or the embedded default corpus generated from `seed` when `None`.
+    pub fn from_file_or_default(path: Option<&Path>, seed: u64) -> Result<Self> {
+        match path {
+            Some(path) => Self::from_file(path),
+            None => Ok(Self::default_corpus(seed)),
+        }
+    }
+
     fn split(bytes: Vec<u8>, val_fraction: f64, source: String) -> Self {
         let cut = bytes.len() - (bytes.len() as f64 * val_fraction) as usize;
         TextData {

@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_module, save_module_atomic, write_bytes_atomic, write_then_rename};
@@ -148,26 +149,26 @@ impl RunDir {
         Ok(self.root.join(name.trim()))
     }
 
-    /// Loads the newest checkpoint into `model` (and `optim`, when given).
-    pub fn load_checkpoint(
-        &self,
-        model: MoeLm,
-        optim: Option<ModuleOptimizer>,
-    ) -> Result<(MoeLm, Option<ModuleOptimizer>, CheckpointState)> {
+    /// Loads the newest checkpoint's weights (with balancer state) into `model`.
+    pub fn load_checkpoint(&self, model: MoeLm) -> Result<(MoeLm, CheckpointState)> {
         let dir = self.latest_checkpoint()?;
         let model = load_module(model, &dir.join("model.bpk"))?;
-        let optim = match optim {
-            Some(o) => {
-                let path = dir.join("optim.bpk");
-                Some(o.load(&path).map_err(|e| {
-                    io_err("loading", &path, format!("{e:?} (corrupt checkpoint?)"))
-                })?)
-            }
-            None => None,
-        };
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| io_err("reading", &path, e))?;
         let state = serde_json::from_str(&text).map_err(|e| io_err("parsing", &path, e))?;
-        Ok((model, optim, state))
+        Ok((model, state))
+    }
+
+    /// Loads the newest checkpoint's optimizer state into `optim`.
+    pub fn load_optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
+        let path = self.latest_checkpoint()?.join("optim.bpk");
+        optim
+            .load(&path)
+            .map_err(|e| io_err("loading", &path, format!("{e:?} (corrupt checkpoint?)")))
+    }
+
+    /// Builds the run's model on `device` and loads its newest checkpoint into it.
+    pub fn load_model(&self, device: &Device) -> Result<(MoeLm, CheckpointState)> {
+        self.load_checkpoint(self.manifest()?.model.init(device)?)
     }
 }

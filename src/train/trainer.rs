@@ -163,10 +163,7 @@ pub fn train(
     };
     let config = manifest.train.clone();
     config.validate()?;
-    let data = match &manifest.data {
-        Some(path) => TextData::from_file(path)?,
-        None => TextData::default_corpus(config.seed),
-    };
+    let data = TextData::from_file_or_default(manifest.data.as_deref(), config.seed)?;
     data.check_seq_len(config.seq_len)?;
     if config.seq_len > manifest.model.max_seq_len {
         return Err(MoeError::Config(format!(
@@ -184,18 +181,16 @@ pub fn train(
         train_seconds: 0.0,
     };
     if resume {
-        let (m, o, s) = dir.load_checkpoint(model, Some(optim))?;
-        (model, state) = (m, s);
-        optim = o.ok_or_else(|| MoeError::Io("optimizer state missing".into()))?;
+        (model, state) = dir.load_checkpoint(model)?;
+        optim = dir.load_optimizer(optim)?;
         truncate_after(&dir.trace_path(), state.step)?;
         progress.message(&format!("resumed from step {}", state.step));
-        dir.write_manifest(&manifest)?; // a new step count, if any
     } else {
-        dir.write_manifest(&manifest)?;
         for stale in [dir.trace_path(), dir.metrics_path()] {
             std::fs::remove_file(stale).ok();
         }
     }
+    dir.write_manifest(&manifest)?; // fresh, or resumed with a new step count
     let mut trace = TraceWriter::append(&dir.trace_path())?;
     let mut metrics = TraceWriter::append(&dir.metrics_path())?;
 
