@@ -1,4 +1,6 @@
-//! Layer forward time on each backend for one shape, and the share of it spent routing.
+//! Layer forward time on each backend for one shape, and the share of it spent routing, with
+//! routing on the host (reference path) and with the routing kernels (WGSL on wgpu, tensor ops
+//! on the CPU backends; on wgpu also the tensor-op path).
 //!
 //! `cargo bench --bench moe_forward` (add `-- --tokens N --experts M` to change the shape).
 //! Times are medians of repeated calls after warm-up, each call timed until its output is read
@@ -8,6 +10,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_moe::device::probe_wgpu_adapter;
+use burn_moe::kernels::KernelPath;
 use burn_moe::{BackendKind, MoeConfig};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -48,8 +51,8 @@ fn main() {
         "MoE forward: {tokens} tokens, d_model {d_model}, d_ff {d_ff}, {experts} experts, top-2, capacity 1.25"
     );
     println!(
-        "{:<8} {:>12} {:>12} {:>10} {:>14}",
-        "backend", "forward ms", "route ms", "route %", "tokens/s"
+        "{:<8} {:<9} {:>12} {:>12} {:>10} {:>14}",
+        "backend", "routing", "forward ms", "route ms", "route %", "tokens/s"
     );
     let mut baseline = None;
     for backend in BackendKind::ALL {
@@ -59,26 +62,34 @@ fn main() {
         }
         let device: Device = backend.device(false).expect("device");
         device.seed(1);
-        let moe = config.init(&device).expect("layer");
+        let mut moe = config.init(&device).expect("layer");
         let input =
             || Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_model]), &device);
-        let forward = median_ms(
-            || drop(moe.forward(input()).unwrap().output.into_data()),
-            reps,
-        );
-        let route = median_ms(
-            || drop(moe.route(input(), false).unwrap().gates.into_data()),
-            reps,
-        );
-        let base = *baseline.get_or_insert(forward);
-        println!(
-            "{:<8} {:>12.2} {:>12.2} {:>9.1}% {:>14.0}   ({:.2}x ndarray's time)",
-            backend.to_string(),
-            forward,
-            route,
-            100.0 * route / forward,
-            tokens as f64 / (forward / 1e3),
-            forward / base
-        );
+        let mut paths = vec![("host", None), ("kernels", Some(KernelPath::Auto))];
+        if backend == BackendKind::Wgpu {
+            paths.push(("portable", Some(KernelPath::Portable)));
+        }
+        for (label, path) in paths {
+            moe.config.kernel_path = path;
+            let forward = median_ms(
+                || drop(moe.forward(input()).unwrap().output.into_data()),
+                reps,
+            );
+            let route = median_ms(
+                || drop(moe.route(input(), false).unwrap().gates.into_data()),
+                reps,
+            );
+            let base = *baseline.get_or_insert(forward);
+            println!(
+                "{:<8} {:<9} {:>12.2} {:>12.2} {:>9.1}% {:>14.0}   ({:.2}x ndarray-host's time)",
+                backend.to_string(),
+                label,
+                forward,
+                route,
+                100.0 * route / forward,
+                tokens as f64 / (forward / 1e3),
+                forward / base
+            );
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! The `burn-moe` command line.
 
+mod analyze;
 mod demo;
+mod predict;
 mod simulate;
 mod train;
 
 use clap::{Parser, Subcommand};
 
+pub use analyze::AnalyzeArgs;
 pub use demo::DemoArgs;
+pub use predict::{PlaceArgs, PredictArgs};
 pub use simulate::SimulateArgs;
 pub use train::{EvalArgs, GenerateArgs, TrainArgs};
 
@@ -31,6 +35,14 @@ pub enum Command {
     Demo(DemoArgs),
     /// Route a synthetic, drifting, skewed token stream with a balancer and report MaxVio.
     Simulate(SimulateArgs),
+    /// Expert-load analysis of training traces: balance over time, the transient/stable phase
+    /// switch, charts.
+    Analyze(AnalyzeArgs),
+    /// Predict expert loads along a trace (sliding-window average, ARIMA, LSTM) and measure the
+    /// error in the transient and stable states.
+    Predict(PredictArgs),
+    /// Place experts on devices from predicted loads; compare with round-robin and an oracle.
+    Place(PlaceArgs),
     /// Show the wgpu adapter this machine offers, if any.
     Devices,
 }
@@ -43,6 +55,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => train::run_generate(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
+        Command::Predict(args) => predict::run_predict(&args),
+        Command::Place(args) => predict::run_place(&args),
         Command::Devices => {
             match burn_moe::device::probe_wgpu_adapter() {
                 Ok(a) => println!("wgpu: {a}"),

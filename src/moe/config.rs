@@ -5,6 +5,7 @@ use burn::tensor::Device;
 
 use crate::balance::BalancerConfig;
 use crate::error::{Result, ensure_config};
+use crate::kernels::KernelPath;
 use crate::moe::Moe;
 
 /// How router logits become expert scores.
@@ -92,6 +93,13 @@ pub struct MoeConfig {
     /// Router z-loss weight (ST-MoE uses 1e-3); 0 turns it off. Combines with any balancer.
     #[config(default = 0.0)]
     pub z_loss_weight: f64,
+    /// Where the routing decisions (top-k, histograms, balancer updates) are computed:
+    /// `Some(path)` runs the routing kernels on the layer's device (`Auto`: WGSL shaders on
+    /// wgpu, Burn tensor ops on the CPU backends), reading back only the chosen experts and their
+    /// queue positions; `None` reads the logits back and routes with the plain-Rust reference
+    /// implementation of `crate::routing`.
+    #[config(default = "Some(KernelPath::Auto)")]
+    pub kernel_path: Option<KernelPath>,
 }
 
 impl MoeConfig {

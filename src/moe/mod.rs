@@ -2,6 +2,7 @@
 //! experts ([`ExpertFfn`], routed and shared) -> combine ([`TokenDispatcher::combine`]).
 
 mod config;
+mod device_routing;
 mod dispatcher;
 mod experts;
 mod layer;

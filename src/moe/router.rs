@@ -64,6 +64,20 @@ impl Router {
         state: Option<Tensor<1>>,
         training: bool,
     ) -> Result<Routed> {
+        match config.kernel_path {
+            Some(path) => self.route_on_device(x, config, state, training, path),
+            None => self.route_on_host(x, config, state, training),
+        }
+    }
+
+    /// The reference path: logits to the host, [`plan_routing`] there.
+    fn route_on_host(
+        &self,
+        x: Tensor<2>,
+        config: &MoeConfig,
+        state: Option<Tensor<1>>,
+        training: bool,
+    ) -> Result<Routed> {
         let [tokens, _] = x.dims();
         let experts = config.num_experts;
         let logits = self.logits(x, training);
@@ -153,14 +167,14 @@ fn mean_entropy(scores: &[f32], experts: usize) -> f32 {
     total / rows.max(1) as f32
 }
 
-fn read_f32(data: Option<burn::tensor::TensorData>) -> Result<Vec<f32>> {
+pub(crate) fn read_f32(data: Option<burn::tensor::TensorData>) -> Result<Vec<f32>> {
     data.ok_or_else(|| MoeError::Backend("router read-back returned nothing".into()))?
         .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| MoeError::Backend(format!("router read-back: {e:?}")))
 }
 
-fn check_finite(logits: &[f32], experts: usize) -> Result<()> {
+pub(crate) fn check_finite(logits: &[f32], experts: usize) -> Result<()> {
     let count = logits.iter().filter(|v| !v.is_finite()).count();
     match logits.iter().position(|v| !v.is_finite()) {
         None => Ok(()),

@@ -7,4 +7,4 @@ pub mod plan;
 pub mod scores;
 pub mod topk;
 
-pub use plan::{RoutingPlan, RoutingRule, plan_routing};
+pub use plan::{RoutingPlan, RoutingRule, plan_from_positions, plan_routing};

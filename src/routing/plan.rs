@@ -152,6 +152,90 @@ pub fn plan_routing(
     })
 }
 
+/// Rebuilds the plan from the routing kernels' outputs (`choices`, `used` and queue
+/// `positions`, each `[tokens * k]`): an assignment is admitted when it is used and its
+/// position within its group is below `capacity`. O(tokens * k), no scores needed.
+pub fn plan_from_positions(
+    experts: usize,
+    rule: &RoutingRule,
+    choices: Vec<u32>,
+    used: Vec<bool>,
+    positions: &[i64],
+) -> Result<RoutingPlan> {
+    let k = rule.top_k;
+    let tokens = choices.len() / k;
+    if used.len() != choices.len() || positions.len() != choices.len() || tokens == 0 {
+        return Err(MoeError::Backend(format!(
+            "routing kernels returned {} choices, {} flags and {} positions",
+            choices.len(),
+            used.len(),
+            positions.len()
+        )));
+    }
+    let group_len = tokens / rule.groups;
+    let capacity = rule
+        .capacity_factor
+        .map(|cf| (cf * k as f64 * group_len as f64 / experts as f64).ceil() as usize);
+    let admitted: Vec<bool> = used
+        .iter()
+        .zip(positions)
+        .map(|(&u, &p)| u && p >= 0 && capacity.is_none_or(|c| (p as usize) < c))
+        .collect();
+
+    let mut requested_counts = vec![0usize; experts];
+    // Admitted per group and expert, to lay the groups out one after another.
+    let mut per_group = vec![0usize; rule.groups * experts];
+    for (a, (&e, &u)) in choices.iter().zip(&used).enumerate() {
+        let e = e as usize;
+        if e >= experts {
+            return Err(MoeError::Backend(format!(
+                "routing kernels chose expert {e} of {experts}"
+            )));
+        }
+        requested_counts[e] += u as usize;
+        per_group[(a / k / group_len) * experts + e] += admitted[a] as usize;
+    }
+    let mut start = vec![0usize; rule.groups * experts];
+    let mut computed_counts = vec![0usize; experts];
+    for g in 0..rule.groups {
+        for e in 0..experts {
+            start[g * experts + e] = computed_counts[e];
+            computed_counts[e] += per_group[g * experts + e];
+        }
+    }
+    let mut expert_assignments: Vec<Vec<u32>> =
+        computed_counts.iter().map(|&c| vec![u32::MAX; c]).collect();
+    for (a, _) in admitted.iter().enumerate().filter(|(_, x)| **x) {
+        let e = choices[a] as usize;
+        let slot = start[(a / k / group_len) * experts + e] + positions[a] as usize;
+        match expert_assignments[e].get_mut(slot) {
+            Some(s) if *s == u32::MAX => *s = a as u32,
+            _ => {
+                return Err(MoeError::Backend(format!(
+                    "routing kernels gave two assignments of expert {e} the same position"
+                )));
+            }
+        }
+    }
+    let dropped_tokens = admitted
+        .chunks_exact(k)
+        .filter(|a| !a.iter().any(|&x| x))
+        .count();
+    Ok(RoutingPlan {
+        tokens,
+        experts,
+        top_k: k,
+        choices,
+        used,
+        admitted,
+        expert_assignments,
+        requested_counts,
+        computed_counts,
+        capacity,
+        dropped_tokens,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +285,55 @@ mod tests {
         assert_eq!(p.computed_counts, vec![2, 0]);
         assert_eq!(p.dropped_tokens, 2);
         assert_eq!(p.dropped_assignments(), 2);
+    }
+
+    #[test]
+    fn plan_from_positions_rebuilds_the_reference_plan() {
+        let (tokens, experts) = (60, 6);
+        let scores: Vec<f32> = (0..tokens * experts)
+            .map(|i| ((i * 7919 + 13) % 101) as f32 / 101.0)
+            .collect();
+        let draws: Vec<f32> = (0..tokens).map(|t| ((t * 31) % 17) as f32 / 17.0).collect();
+        for (k, groups, cf, random) in [
+            (2, 1, None, false),
+            (2, 3, Some(1.0), true),
+            (3, 2, Some(0.5), false),
+        ] {
+            let r = RoutingRule {
+                top_k: k,
+                groups,
+                capacity_factor: cf,
+                random_second: random,
+            };
+            let plan = plan_routing(&scores, None, tokens, experts, &r, Some(&draws)).unwrap();
+            // Queue positions by walking each group in admission order.
+            let s = tokens / groups;
+            let mut positions = vec![-1i64; tokens * k];
+            for g in 0..groups {
+                let mut next = vec![0i64; experts];
+                for rank in 0..k {
+                    for t in g * s..(g + 1) * s {
+                        let a = t * k + rank;
+                        if plan.used[a] {
+                            positions[a] = next[plan.choices[a] as usize];
+                            next[plan.choices[a] as usize] += 1;
+                        }
+                    }
+                }
+            }
+            let rebuilt = plan_from_positions(
+                experts,
+                &r,
+                plan.choices.clone(),
+                plan.used.clone(),
+                &positions,
+            )
+            .unwrap();
+            assert_eq!(rebuilt, plan, "k {k}, groups {groups}, cf {cf:?}");
+        }
+        // Two assignments claiming one slot are a kernel bug, reported as such.
+        let r = rule(1);
+        assert!(plan_from_positions(2, &r, vec![0, 0], vec![true, true], &[0, 0]).is_err());
     }
 
     #[test]

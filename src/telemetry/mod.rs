@@ -1,3 +1,7 @@
-//! Expert-load telemetry: the per-step trace written during training.
+//! Expert-load telemetry: the per-step trace written during training, its analysis (balance
+//! over time, phase switch) and charts.
 
+pub mod analyze;
+pub mod loads;
+pub mod plots;
 pub mod trace;

@@ -1,0 +1,419 @@
+//! `burn-moe predict` and `burn-moe place`: load prediction along a trace, and expert
+//! placement from the predictions, both evaluated against what the trace did next.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use burn_moe::BackendKind;
+use burn_moe::predict::arima::ArimaOrder;
+use burn_moe::predict::lstm::{self, LstmTraining};
+use burn_moe::predict::placement::{Placement, place};
+use burn_moe::predict::{
+    ArimaPredictor, EvalConfig, LoadPredictor, PredictionReport, SlidingWindowAverage, evaluate,
+};
+use burn_moe::telemetry::analyze::{AnalyzeConfig, detect_phase_switch};
+use burn_moe::telemetry::loads::{LoadKind, RunLoads};
+use burn_moe::telemetry::plots::{LineChart, Series, line_chart};
+
+/// Prediction methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Mean of the last W steps, held flat.
+    SwAvg,
+    /// ARIMA(p,d,q) per expert, fitted on the last W steps.
+    Arima,
+    /// An LSTM trained on another run's trace (`--train-trace`).
+    Lstm,
+}
+
+/// Options of `burn-moe predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Trace to predict along.
+    pub trace: PathBuf,
+    /// Predictor.
+    #[arg(long, value_enum, default_value = "sw-avg")]
+    pub method: Method,
+    /// Steps to predict; several give one report each.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize])]
+    pub horizon: Vec<usize>,
+    /// History the predictor sees: SW-Avg's window (default 100), ARIMA's fitting window
+    /// (default 500), the LSTM's input steps (default 64).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// ARIMA orders p,d,q.
+    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
+    pub order: Vec<usize>,
+    /// Steps between prediction points.
+    #[arg(long, default_value_t = 10)]
+    pub stride: usize,
+    /// The LSTM's training trace (another run).
+    #[arg(long)]
+    pub train_trace: Option<PathBuf>,
+    /// LSTM optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    pub lstm_iterations: usize,
+    /// First stable step (default: the phase rule of `burn-moe analyze`).
+    #[arg(long)]
+    pub switch: Option<u64>,
+    /// Directory for the predicted-vs-actual chart (default: `analysis/` beside the trace).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Skip the chart.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// Print one JSON summary instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read(path: &Path) -> anyhow::Result<RunLoads> {
+    let run = RunLoads::read(path, LoadKind::Requested)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !run.skipped.is_empty() {
+        eprintln!("{}: skipped a truncated last record", path.display());
+    }
+    Ok(run)
+}
+
+fn switch_step(run: &RunLoads, given: Option<u64>) -> Option<u64> {
+    given.or_else(|| detect_phase_switch(&run.layers, &AnalyzeConfig::default()).step)
+}
+
+fn predictor(
+    args: &PredictArgs,
+    horizon: usize,
+    experts: usize,
+) -> anyhow::Result<Box<dyn LoadPredictor>> {
+    Ok(match args.method {
+        Method::SwAvg => Box::new(SlidingWindowAverage {
+            window: args.window.unwrap_or(100),
+        }),
+        Method::Arima => {
+            let [p, d, q] = args.order[..] else {
+                anyhow::bail!("--order takes three numbers p,d,q, got {:?}", args.order);
+            };
+            Box::new(ArimaPredictor {
+                order: ArimaOrder { p, d, q },
+                window: args.window.unwrap_or(500),
+            })
+        }
+        Method::Lstm => {
+            let path = args
+                .train_trace
+                .as_ref()
+                .context("--method lstm needs --train-trace (another run's trace)")?;
+            let train_run = read(path)?;
+            anyhow::ensure!(
+                train_run.layers.iter().all(|l| l.experts == experts),
+                "{} has a different expert count than the evaluated trace ({experts})",
+                path.display()
+            );
+            let settings = LstmTraining {
+                window: args.window.unwrap_or(64),
+                iterations: args.lstm_iterations,
+                ..LstmTraining::default()
+            };
+            let device = BackendKind::Flex.device(false)?;
+            let quiet = args.json;
+            let model = lstm::train(&train_run, horizon, &settings, &device, |it, loss| {
+                if !quiet {
+                    eprintln!("lstm H={horizon}: iteration {it}, loss {loss:.5}");
+                }
+            })?;
+            Box::new(model)
+        }
+    })
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:.3}%", 100.0 * x))
+}
+
+pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.horizon.iter().all(|&h| h >= 1) && args.stride >= 1,
+        "--horizon and --stride must be at least 1"
+    );
+    let run = read(&args.trace)?;
+    let experts = run.layers[0].experts;
+    let switch = switch_step(&run, args.switch);
+    let mut reports: Vec<PredictionReport> = Vec::new();
+    let mut plots = Vec::new();
+    for &h in &args.horizon {
+        let p = predictor(args, h, experts)?;
+        let min_history = match args.method {
+            Method::SwAvg => 1,
+            Method::Arima => 50,
+            Method::Lstm => args.window.unwrap_or(64),
+        };
+        let cfg = EvalConfig {
+            horizon: h,
+            stride: args.stride,
+            min_history,
+        };
+        let report = evaluate(p.as_ref(), &run, switch, &cfg);
+        if !args.no_plots && h == args.horizon[0] {
+            let out = args.out.clone().unwrap_or_else(|| {
+                args.trace
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("analysis")
+            });
+            std::fs::create_dir_all(&out)?;
+            plots.extend(prediction_chart(&out, &run, p.as_ref(), h)?);
+        }
+        reports.push(report);
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "trace": args.trace, "phase_switch_step": switch, "reports": reports, "plots": plots
+        });
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} layers x {experts} experts, stable from step {}",
+        args.trace.display(),
+        run.layers.len(),
+        switch.map_or("?".into(), |s| s.to_string())
+    );
+    println!(
+        "{:<28} {:>7} {:>12} {:>12} {:>16}",
+        "method", "horizon", "transient", "stable", "points (tr/st)"
+    );
+    for r in &reports {
+        println!(
+            "{:<28} {:>7} {:>12} {:>12} {:>16}",
+            r.method,
+            r.horizon,
+            pct(r.transient),
+            pct(r.stable),
+            format!("{}/{}", r.points[0], r.points[1])
+        );
+    }
+    for p in &plots {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// Layer 0's three busiest experts: actual proportion, and the prediction from points spread
+/// along the trace.
+fn prediction_chart(
+    out: &Path,
+    run: &RunLoads,
+    p: &dyn LoadPredictor,
+    horizon: usize,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let layer = &run.layers[0];
+    let (n, m) = (layer.len(), layer.experts);
+    let mut totals: Vec<(usize, f64)> = (0..m)
+        .map(|j| (j, (0..n).map(|t| layer.row(t)[j] as f64).sum()))
+        .collect();
+    totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut series = Vec::new();
+    for &(j, _) in totals.iter().take(3) {
+        series.push(Series {
+            label: format!("expert {j}, actual"),
+            points: (0..n)
+                .map(|t| (layer.steps[t] as f64, layer.row(t)[j] as f64))
+                .collect(),
+        });
+        let mut predicted = Vec::new();
+        let points = 6;
+        for k in 1..=points {
+            let origin = k * n.saturating_sub(horizon) / (points + 1);
+            if origin == 0 || origin + horizon > n {
+                continue;
+            }
+            let pred = p.predict(layer, origin, horizon);
+            predicted.extend(
+                (0..horizon).map(|h| (layer.steps[origin + h] as f64, pred[h * m + j] as f64)),
+            );
+            predicted.push((f64::NAN, f64::NAN)); // break the line between segments
+        }
+        series.push(Series {
+            label: format!("expert {j}, {}", p.name()),
+            points: predicted,
+        });
+    }
+    let name = p.name().replace(['(', ')', ';', ' ', ',', '='], "_");
+    Ok(line_chart(
+        &out.join(format!("predicted_vs_actual_{name}")),
+        &LineChart {
+            title: format!(
+                "layer 0: load proportion, actual vs {} (H = {horizon})",
+                p.name()
+            ),
+            x_label: "step".into(),
+            y_label: "load proportion".into(),
+            series,
+            marker: None,
+            log_y: false,
+        },
+    )?)
+}
+
+/// Options of `burn-moe place`.
+#[derive(Debug, Args)]
+pub struct PlaceArgs {
+    /// Trace to place along.
+    pub trace: PathBuf,
+    /// Devices.
+    #[arg(long)]
+    pub devices: usize,
+    /// Extra copies of the hottest experts.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
+    /// Predictor of the loads the placement is made for.
+    #[arg(long, value_enum, default_value = "sw-avg")]
+    pub method: Method,
+    /// Predictor window (as in `predict`).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// ARIMA orders p,d,q.
+    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
+    pub order: Vec<usize>,
+    /// Steps a placement stays in use.
+    #[arg(long, default_value_t = 100)]
+    pub horizon: usize,
+    /// Steps between re-placements.
+    #[arg(long, default_value_t = 50)]
+    pub stride: usize,
+    /// The LSTM's training trace.
+    #[arg(long)]
+    pub train_trace: Option<PathBuf>,
+    /// Print one JSON summary instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PlacementRow {
+    layer: usize,
+    points: usize,
+    /// Mean over steps of max device load / mean device load.
+    predicted: f64,
+    round_robin: f64,
+    oracle: f64,
+}
+
+pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.devices >= 1, "--devices must be at least 1");
+    anyhow::ensure!(
+        args.horizon >= 1 && args.stride >= 1,
+        "--horizon and --stride must be >= 1"
+    );
+    let run = read(&args.trace)?;
+    let experts = run.layers[0].experts;
+    let predict_args = PredictArgs {
+        trace: args.trace.clone(),
+        method: args.method,
+        horizon: vec![args.horizon],
+        window: args.window,
+        order: args.order.clone(),
+        stride: args.stride,
+        train_trace: args.train_trace.clone(),
+        lstm_iterations: 300,
+        switch: None,
+        out: None,
+        no_plots: true,
+        json: args.json,
+    };
+    let p = predictor(&predict_args, args.horizon, experts)?;
+    let min_history = args.window.unwrap_or(100).min(100);
+    let mut rows = Vec::new();
+    for (l, layer) in run.layers.iter().enumerate() {
+        let m = layer.experts;
+        let rr = Placement::round_robin(m, args.devices);
+        let mut row = PlacementRow {
+            layer: l,
+            ..PlacementRow::default()
+        };
+        let mut origin = min_history;
+        while origin + args.horizon <= layer.len() {
+            let pred = p.predict(layer, origin, args.horizon);
+            let mean_over = |v: &[f32], rows: usize, j: usize| {
+                (0..rows).map(|h| v[h * m + j] as f64).sum::<f64>() / rows as f64
+            };
+            let predicted: Vec<f64> = (0..m).map(|j| mean_over(&pred, args.horizon, j)).collect();
+            let future: Vec<f32> = (origin..origin + args.horizon)
+                .flat_map(|t| layer.row(t).iter().copied())
+                .collect();
+            let actual_mean: Vec<f64> = (0..m)
+                .map(|j| mean_over(&future, args.horizon, j))
+                .collect();
+            let from_prediction = place(&predicted, args.devices, args.replicas)?;
+            let oracle = place(&actual_mean, args.devices, args.replicas)?;
+            let score = |pl: &Placement| {
+                (0..args.horizon)
+                    .map(|h| {
+                        let loads: Vec<f64> = future[h * m..(h + 1) * m]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .collect();
+                        pl.imbalance(&loads)
+                    })
+                    .sum::<f64>()
+                    / args.horizon as f64
+            };
+            row.predicted += score(&from_prediction);
+            row.round_robin += score(&rr);
+            row.oracle += score(&oracle);
+            row.points += 1;
+            origin += args.stride;
+        }
+        anyhow::ensure!(
+            row.points > 0,
+            "layer {l}: the trace has too few steps for horizon {}",
+            args.horizon
+        );
+        let n = row.points as f64;
+        row.predicted /= n;
+        row.round_robin /= n;
+        row.oracle /= n;
+        rows.push(row);
+    }
+    let mean = |f: fn(&PlacementRow) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
+    let overall = [
+        mean(|r| r.predicted),
+        mean(|r| r.round_robin),
+        mean(|r| r.oracle),
+    ];
+    if args.json {
+        let out = serde_json::json!({
+            "trace": args.trace, "devices": args.devices, "replicas": args.replicas,
+            "method": p.name(), "horizon": args.horizon, "layers": rows,
+            "mean": {"predicted": overall[0], "round_robin": overall[1], "oracle": overall[2]},
+        });
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "max/mean device load over the next {} steps, {} devices, {} replicas, placement every {} steps",
+        args.horizon, args.devices, args.replicas, args.stride
+    );
+    println!(
+        "{:>5} {:>7} {:>22} {:>12} {:>8}",
+        "layer",
+        "points",
+        format!("from {}", p.name()),
+        "round-robin",
+        "oracle"
+    );
+    for r in &rows {
+        println!(
+            "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
+            r.layer, r.points, r.predicted, r.round_robin, r.oracle
+        );
+    }
+    println!(
+        "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
+        "mean", "", overall[0], overall[1], overall[2]
+    );
+    Ok(())
+}

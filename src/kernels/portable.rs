@@ -1,0 +1,180 @@
+//! The routing steps as Burn tensor ops: the implementation on the CPU backends, and the
+//! comparison path on wgpu. Same contract and same answers as the WGSL kernels.
+
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Int, Tensor};
+
+use super::{Histogram, TopK};
+
+/// See [`super::RoutingOps::gate_topk`].
+pub fn gate_topk(
+    logits: Tensor<2>,
+    offset: Tensor<1>,
+    draws: Option<Tensor<1>>,
+    top_k: usize,
+    use_sigmoid: bool,
+    normalize: bool,
+) -> TopK {
+    let [n, m] = logits.dims();
+    let device = logits.device();
+    let bad_rows = logits
+        .clone()
+        .is_nan()
+        .bool_or(logits.clone().is_inf())
+        .int()
+        .sum_dim(1)
+        .greater_elem(0); // [n, 1]
+    let scores = if use_sigmoid {
+        sigmoid(logits)
+    } else {
+        softmax(logits, 1)
+    };
+
+    // k rounds of "take the best, lowest index on ties, then mask it out".
+    let iota = Tensor::<1, Int>::arange(0..m as i64, &device)
+        .unsqueeze_dim::<2>(0)
+        .expand([n, m]);
+    let reverse = iota.clone().neg().add_scalar(m as i64); // m - j: larger for lower j
+    let mut selection = scores.clone() + offset.unsqueeze_dim::<2>(0).expand([n, m]);
+    let mut picks = Vec::with_capacity(top_k);
+    for _ in 0..top_k {
+        let best = selection.clone().max_dim(1).expand([n, m]);
+        let is_best = selection.clone().equal(best).int();
+        let pick = (is_best * reverse.clone())
+            .max_dim(1)
+            .neg()
+            .add_scalar(m as i64)
+            .clamp(0, m as i64 - 1); // [n, 1]
+        let chosen = iota.clone().equal(pick.clone().expand([n, m]));
+        selection = selection.mask_fill(chosen, f32::NEG_INFINITY);
+        picks.push(pick);
+    }
+    let indices = Tensor::cat(picks, 1);
+    let mut gates = scores.gather(1, indices.clone());
+    let mut used = Tensor::<2, Int>::ones([n, top_k], &device);
+    if let Some(draws) = draws.filter(|_| top_k >= 2) {
+        let s1 = gates.clone().slice([0..n, 0..1]);
+        let s2 = gates.clone().slice([0..n, 1..2]);
+        let keep = (s2.clone() / (s1 + s2))
+            .mul_scalar(2.0)
+            .greater(draws.unsqueeze_dim(1))
+            .int();
+        used = used.slice_assign([0..n, 1..2], keep);
+    }
+    if normalize {
+        gates = gates.clone() / gates.sum_dim(1).expand([n, top_k]);
+    }
+    let bad = bad_rows.expand([n, top_k]);
+    TopK {
+        indices: indices.mask_fill(bad.clone(), -1),
+        gates: gates.mask_fill(bad.clone(), 0.0),
+        used: used.mask_fill(bad, 0),
+    }
+}
+
+/// See [`super::RoutingOps::expert_histogram`].
+pub fn expert_histogram(
+    indices: Tensor<2, Int>,
+    used: Tensor<2, Int>,
+    experts: usize,
+    groups: usize,
+    capacity: u32,
+) -> Histogram {
+    let [n, k] = indices.dims();
+    let device = indices.device();
+    let s = n / groups;
+    let valid = indices.clone().greater_equal_elem(0).int() * used;
+    // Invalid assignments become expert `m`, which matches no column of the one-hot.
+    let expert = indices.mask_fill(valid.equal_elem(0), experts as i64);
+    // Admission order inside a group: rank-major, then token order.
+    let ordered = expert
+        .reshape([groups, s, k])
+        .swap_dims(1, 2)
+        .reshape([groups, k * s]);
+    let iota = Tensor::<1, Int>::arange(0..experts as i64, &device)
+        .reshape([1, 1, experts])
+        .expand([groups, k * s, experts]);
+    let one_hot = ordered
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .expand([groups, k * s, experts])
+        .equal(iota)
+        .int();
+    let running = one_hot.cumsum(1); // inclusive counts in admission order
+    let requested = running
+        .clone()
+        .slice([0..groups, k * s - 1..k * s, 0..experts])
+        .reshape([groups, experts]);
+    let lookup = ordered
+        .clone()
+        .clamp_max(experts as i64 - 1)
+        .unsqueeze_dim::<3>(2);
+    let positions = running
+        .gather(2, lookup)
+        .reshape([groups, k * s])
+        .sub_scalar(1)
+        .mask_fill(ordered.equal_elem(experts as i64), -1)
+        .reshape([groups, k, s])
+        .swap_dims(1, 2)
+        .reshape([n, k]);
+    let admitted = requested.clone().clamp_max(capacity as i64);
+    Histogram {
+        requested,
+        positions,
+        admitted,
+    }
+}
+
+/// See [`super::RoutingOps::loss_free_update`].
+pub fn loss_free_update(
+    bias: Tensor<1>,
+    requested: Tensor<2, Int>,
+    rate: f32,
+    proportional: bool,
+) -> Tensor<1> {
+    let [m] = bias.dims();
+    let loads = requested.sum_dim(0).reshape([m]).float();
+    let mean = loads.clone().sum().div_scalar(m as f32).expand([m]);
+    let error = mean.clone() - loads;
+    let step = if proportional {
+        // An all-zero batch has error 0 everywhere, so the floor only avoids 0 / 0.
+        error / mean.clamp_min(f32::MIN_POSITIVE)
+    } else {
+        error.sign()
+    };
+    bias + step.mul_scalar(rate)
+}
+
+/// See [`super::RoutingOps::bip_dual`].
+pub fn bip_dual(
+    scores: Tensor<2>,
+    mut q: Tensor<1>,
+    top_k: usize,
+    iterations: usize,
+    clamp: bool,
+) -> Tensor<1> {
+    let [n, m] = scores.dims();
+    let device = scores.device();
+    let expert_rank = top_k * n / m + 1;
+    let clamp_fn = |t: Tensor<2>| if clamp { t.clamp_min(0.0) } else { t };
+    for _ in 0..iterations {
+        let selection = scores.clone() - q.unsqueeze_dim::<2>(0).expand([n, m]);
+        let p = if top_k < m {
+            clamp_fn(selection.sort_descending(1).slice([0..n, top_k..top_k + 1]))
+        } else {
+            Tensor::zeros([n, 1], &device)
+        };
+        let column = scores.clone() - p.expand([n, m]);
+        q = if expert_rank <= n {
+            clamp_fn(
+                column
+                    .sort_descending(0)
+                    .slice([expert_rank - 1..expert_rank, 0..m]),
+            )
+            .reshape([m])
+        } else {
+            Tensor::zeros([m], &device)
+        };
+    }
+    q
+}

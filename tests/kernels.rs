@@ -1,0 +1,535 @@
+//! The routing kernels (`burn_moe::kernels`) against the plain-Rust reference (`burn_moe::routing`,
+//! `burn_moe::balance`) and, on wgpu (lavapipe in CI), the WGSL shaders against the portable
+//! tensor-op path on the same device: ties, k = 1 and k = experts, one token, token counts that
+//! are not multiples of the workgroup sizes, 256 experts, NaN logits.
+//!
+//! Decisions (indices, positions, counts) must be identical; float outputs agree to 1e-6 (gates,
+//! Loss-Free bias); BIP prices are exact selections and must be bitwise equal.
+
+mod common;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_moe::balance::{LossFreeUpdate, bip, loss_free};
+use burn_moe::kernels::{self, KernelPath};
+use burn_moe::moe::ScoreFunction;
+use burn_moe::routing::capacity::admit;
+use burn_moe::routing::scores::scores_from_logits;
+use burn_moe::routing::{RoutingRule, plan_routing};
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn float2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn float1(values: Vec<f32>, device: &Device) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+fn int2(values: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
+}
+
+/// Logits on a coarse grid (many exact ties) or standard normal.
+fn logits(n: usize, m: usize, coarse: bool, seed: u64) -> Vec<f32> {
+    if coarse {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n * m)
+            .map(|_| rng.random_range(0..3) as f32 * 0.5)
+            .collect()
+    } else {
+        normal_vec(n * m, seed)
+    }
+}
+
+struct GateCase {
+    n: usize,
+    m: usize,
+    k: usize,
+    coarse: bool,
+    sigmoid: bool,
+    normalize: bool,
+    offset: bool,
+    random_second: bool,
+}
+
+fn gate_cases() -> Vec<GateCase> {
+    let c = |n, m, k, coarse, sigmoid, normalize, offset, random_second| GateCase {
+        n,
+        m,
+        k,
+        coarse,
+        sigmoid,
+        normalize,
+        offset,
+        random_second,
+    };
+    vec![
+        c(1, 4, 1, false, false, false, false, false),
+        c(1, 8, 8, false, true, true, true, false),
+        c(100, 16, 2, true, false, false, false, false),
+        c(300, 16, 2, false, true, true, true, false),
+        c(257, 8, 2, false, false, true, false, true),
+        c(130, 256, 2, false, false, false, true, false),
+        c(65, 256, 1, true, true, false, true, false),
+        c(33, 16, 16, true, false, true, true, false),
+    ]
+}
+
+/// The kernels' top-k against `plan_routing` on host scores.
+fn check_gate_topk(device: &Device, path: KernelPath, what: &str) {
+    for (i, case) in gate_cases().iter().enumerate() {
+        let (n, m, k) = (case.n, case.m, case.k);
+        let l = logits(n, m, case.coarse, 100 + i as u64);
+        let offset: Vec<f32> = if case.offset {
+            normal_vec(m, 200 + i as u64)
+                .iter()
+                .map(|v| v * 0.05)
+                .collect()
+        } else {
+            vec![0.0; m]
+        };
+        let draws: Vec<f32> = {
+            let mut rng = StdRng::seed_from_u64(300 + i as u64);
+            (0..n).map(|_| rng.random()).collect()
+        };
+        let score_fn = if case.sigmoid {
+            ScoreFunction::Sigmoid
+        } else {
+            ScoreFunction::Softmax
+        };
+        let scores = scores_from_logits(&l, m, score_fn);
+        let rule = RoutingRule {
+            top_k: k,
+            groups: 1,
+            capacity_factor: None,
+            random_second: case.random_second,
+        };
+        let plan = plan_routing(
+            &scores,
+            Some(&offset),
+            n,
+            m,
+            &rule,
+            case.random_second.then_some(&draws[..]),
+        )
+        .unwrap();
+        let top = kernels::gate_topk(
+            float2(l, [n, m], device),
+            float1(offset, device),
+            case.random_second.then(|| float1(draws.clone(), device)),
+            k,
+            case.sigmoid,
+            case.normalize,
+            path,
+        )
+        .unwrap();
+        let indices = ints(top.indices);
+        let expected: Vec<i64> = plan.choices.iter().map(|&c| c as i64).collect();
+        assert_eq!(indices, expected, "{what} case {i}: indices");
+        let used: Vec<bool> = ints(top.used).iter().map(|&u| u == 1).collect();
+        assert_eq!(used, plan.used, "{what} case {i}: used");
+        let mut gates_ref: Vec<f32> = plan
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(a, &e)| scores[(a / k) * m + e as usize])
+            .collect();
+        if case.normalize {
+            for row in gates_ref.chunks_mut(k) {
+                let s: f32 = row.iter().sum();
+                row.iter_mut().for_each(|g| *g /= s);
+            }
+        }
+        assert_close(
+            &format!("{what} case {i}: gates"),
+            &host(top.gates),
+            &gates_ref,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+/// Positions by the plain rule: per group, rank-major then token order, one counter per expert.
+fn reference_positions(
+    choices: &[u32],
+    used: &[bool],
+    k: usize,
+    m: usize,
+    groups: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let n = choices.len() / k;
+    let s = n / groups;
+    let mut positions = vec![-1i64; n * k];
+    let mut requested = vec![0i64; groups * m];
+    for g in 0..groups {
+        for r in 0..k {
+            for t in g * s..(g + 1) * s {
+                let a = t * k + r;
+                if used[a] {
+                    let e = choices[a] as usize;
+                    positions[a] = requested[g * m + e];
+                    requested[g * m + e] += 1;
+                }
+            }
+        }
+    }
+    (positions, requested)
+}
+
+fn check_histogram(device: &Device, path: KernelPath, what: &str) {
+    // (tokens, k, experts, groups, capacity)
+    let cases = [
+        (1, 1, 4, 1, None),
+        (1, 2, 2, 1, Some(1)),
+        (300, 2, 16, 1, Some(40)),
+        (1000, 2, 16, 4, Some(20)),
+        (777, 1, 8, 7, None),
+        (200, 2, 256, 2, Some(1)),
+        (64, 4, 4, 2, Some(3)),
+        (50, 3, 3, 1, None),
+    ];
+    for (i, &(n, k, m, groups, capacity)) in cases.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(400 + i as u64);
+        // Skewed choices so that capacity binds; some 2nd choices switched off.
+        let choices: Vec<u32> = (0..n * k)
+            .map(|_| (rng.random::<f32>().powi(3) * m as f32) as u32 % m as u32)
+            .collect();
+        let used: Vec<bool> = (0..n * k)
+            .map(|a| a % k == 0 || rng.random::<f32>() > 0.2)
+            .collect();
+        let hist = kernels::expert_histogram(
+            int2(choices.iter().map(|&c| c as i64).collect(), [n, k], device),
+            int2(used.iter().map(|&u| u as i64).collect(), [n, k], device),
+            m,
+            groups,
+            capacity,
+            path,
+        )
+        .unwrap();
+        let (positions, requested) = reference_positions(&choices, &used, k, m, groups);
+        assert_eq!(
+            ints(hist.positions.clone()),
+            positions,
+            "{what} case {i}: positions"
+        );
+        assert_eq!(
+            ints(hist.requested),
+            requested,
+            "{what} case {i}: requested"
+        );
+        let admitted: Vec<i64> = requested
+            .iter()
+            .map(|&r| capacity.map_or(r, |c| r.min(c as i64)))
+            .collect();
+        assert_eq!(ints(hist.admitted), admitted, "{what} case {i}: admitted");
+        // Capacity dropping in token order: the same assignments as the reference admission.
+        let reference = admit(&choices, &used, k, m, groups, capacity);
+        let got: Vec<bool> = ints(hist.positions)
+            .iter()
+            .map(|&p| p >= 0 && capacity.is_none_or(|c| (p as usize) < c))
+            .collect();
+        assert_eq!(
+            got, reference.admitted,
+            "{what} case {i}: admitted assignments"
+        );
+    }
+}
+
+fn check_loss_free(device: &Device, path: KernelPath, what: &str) {
+    for (i, &(m, groups)) in [(4, 1), (16, 3), (256, 2), (300, 1)].iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(500 + i as u64);
+        let counts: Vec<i64> = (0..groups * m).map(|_| rng.random_range(0..50)).collect();
+        let bias: Vec<f32> = normal_vec(m, 600 + i as u64)
+            .iter()
+            .map(|v| v * 0.01)
+            .collect();
+        let totals: Vec<usize> = (0..m)
+            .map(|e| (0..groups).map(|g| counts[g * m + e] as usize).sum())
+            .collect();
+        for update in [LossFreeUpdate::Sign, LossFreeUpdate::Proportional] {
+            let expected = loss_free::update_bias(&bias, &totals, 1e-3, update);
+            let got = kernels::loss_free_update(
+                float1(bias.clone(), device),
+                int2(counts.clone(), [groups, m], device),
+                1e-3,
+                update,
+                path,
+            )
+            .unwrap();
+            assert_close(
+                &format!("{what} case {i} {update:?}"),
+                &host(got),
+                &expected,
+                1e-7,
+                1e-6,
+            );
+        }
+    }
+}
+
+fn check_bip(device: &Device, path: KernelPath, what: &str) {
+    // (tokens, experts, k, iterations, clamp, coarse)
+    let cases = [
+        (1, 4, 1, 1, true, false),
+        (64, 8, 2, 1, true, true),
+        (300, 16, 2, 2, false, false),
+        (257, 16, 4, 3, true, true),
+        (40, 8, 8, 1, true, false),
+        (129, 256, 2, 1, false, false),
+    ];
+    for (i, &(n, m, k, iterations, clamp, coarse)) in cases.iter().enumerate() {
+        let l = logits(n, m, coarse, 700 + i as u64);
+        let scores = scores_from_logits(&l, m, ScoreFunction::Softmax);
+        let q0: Vec<f32> = normal_vec(m, 800 + i as u64)
+            .iter()
+            .map(|v| v * 0.01)
+            .collect();
+        let expected = bip::dual_prices(&scores, &q0, n, m, k, iterations, clamp);
+        let got = kernels::bip_dual(
+            float2(scores, [n, m], device),
+            float1(q0, device),
+            k,
+            iterations,
+            clamp,
+            path,
+        )
+        .unwrap();
+        assert_eq!(host(got), expected, "{what} case {i}: prices");
+    }
+}
+
+fn check_nan(device: &Device, path: KernelPath, what: &str) {
+    let (n, m) = (70, 8);
+    let mut l = normal_vec(n * m, 900);
+    l[5 * m + 3] = f32::NAN;
+    l[69 * m] = f32::INFINITY;
+    let top = kernels::gate_topk(
+        float2(l, [n, m], device),
+        Tensor::zeros([m], device),
+        None,
+        2,
+        false,
+        false,
+        path,
+    )
+    .unwrap();
+    let indices = ints(top.indices);
+    for t in 0..n {
+        let bad = t == 5 || t == 69;
+        assert_eq!(
+            indices[t * 2..t * 2 + 2].iter().all(|&i| i == -1),
+            bad,
+            "{what}: token {t}"
+        );
+        assert!(bad || indices[t * 2..t * 2 + 2].iter().all(|&i| i >= 0));
+    }
+}
+
+fn check_all(device: &Device, path: KernelPath, what: &str) {
+    check_gate_topk(device, path, what);
+    check_histogram(device, path, what);
+    check_loss_free(device, path, what);
+    check_bip(device, path, what);
+    check_nan(device, path, what);
+}
+
+#[test]
+fn portable_path_matches_reference_on_cpu_backends() {
+    check_all(&ndarray(false), KernelPath::Auto, "ndarray");
+    check_all(
+        &burn_moe::BackendKind::Flex.device(false).unwrap(),
+        KernelPath::Auto,
+        "flex",
+    );
+}
+
+#[test]
+fn wgsl_kernels_match_reference_and_portable_path_on_wgpu() {
+    let Some(device) = wgpu_device(false) else {
+        return;
+    };
+    check_all(&device, KernelPath::Wgsl, "wgpu wgsl");
+    check_all(&device, KernelPath::Portable, "wgpu portable");
+}
+
+#[test]
+fn wgsl_path_is_refused_on_cpu_devices_and_bad_inputs_are_reported() {
+    let device = ndarray(false);
+    let l = float2(vec![0.0; 8], [2, 4], &device);
+    let err = kernels::gate_topk(
+        l.clone(),
+        Tensor::zeros([4], &device),
+        None,
+        1,
+        false,
+        false,
+        KernelPath::Wgsl,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("wgpu"), "{err}");
+    let err = kernels::gate_topk(
+        l.clone(),
+        Tensor::zeros([4], &device),
+        None,
+        5,
+        false,
+        false,
+        KernelPath::Auto,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("top_k"), "{err}");
+    let err = kernels::gate_topk(
+        l,
+        Tensor::zeros([3], &device),
+        None,
+        1,
+        false,
+        false,
+        KernelPath::Auto,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("offset"), "{err}");
+    let idx = int2(vec![0; 6], [3, 2], &device);
+    let err = kernels::expert_histogram(idx.clone(), idx, 4, 2, None, KernelPath::Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("groups"), "{err}");
+}
+
+/// The layer routes identically with the kernels (WGSL on wgpu, tensor ops on ndarray) and with
+/// the host reference path, in training (balancer updates, random routing) and inference.
+#[test]
+fn layer_routes_the_same_on_the_kernel_path_and_the_host_path() {
+    use burn_moe::balance::BalancerConfig;
+    use burn_moe::moe::MoeConfig;
+    let configs = vec![
+        MoeConfig::new(16, 16, 8)
+            .with_capacity_factor(Some(1.0))
+            .with_groups(2),
+        MoeConfig::new(16, 16, 8)
+            .with_top_k(1)
+            .with_score_function(ScoreFunction::Sigmoid)
+            .with_normalize_gates(true)
+            .with_balancer("loss-free-prop".parse().unwrap()),
+        MoeConfig::new(16, 16, 16)
+            .with_balancer("bip".parse().unwrap())
+            .with_capacity_factor(Some(1.25)),
+        MoeConfig::new(16, 16, 8).with_balancer(BalancerConfig::Bip {
+            iterations: 2,
+            clamp: false,
+            order: burn_moe::balance::BipOrder::RouteThenUpdate,
+        }),
+        MoeConfig::new(16, 16, 8).with_random_routing(true),
+    ];
+    let mut devices = vec![("ndarray", ndarray(true))];
+    if let Some(d) = wgpu_device(true) {
+        devices.push(("wgpu", d));
+    }
+    for (i, cfg) in configs.into_iter().enumerate() {
+        for (name, device) in &devices {
+            device.seed(3);
+            let mut moe = cfg.init(device).unwrap();
+            let x = tensor3(normal_vec(4 * 25 * 16, 40 + i as u64), [4, 25, 16], device);
+            let mut outs = Vec::new();
+            for path in [None, Some(KernelPath::Auto)] {
+                moe.config.kernel_path = path;
+                device.seed(11);
+                outs.push(moe.forward(x.clone()).unwrap());
+            }
+            let (h, d) = (&outs[0], &outs[1]);
+            assert!(h.routing.requested_counts.iter().sum::<usize>() > 0);
+            if h.routing != d.routing {
+                // BIP prices sit exactly on a token's selection value, so softmax computed
+                // by the device and by the host (ulps apart) may break such ties differently.
+                // Every difference must be such a tie.
+                assert_only_ties_differ(h, d, &format!("config {i} on {name}"));
+                continue;
+            }
+            assert_close(
+                &format!("config {i} on {name}: output"),
+                &host(d.output.clone()),
+                &host(h.output.clone()),
+                1e-6,
+                1e-5,
+            );
+            match (&h.balancer_state, &d.balancer_state) {
+                (Some(a), Some(b)) => assert_close(
+                    &format!("config {i} on {name}: balancer state"),
+                    b,
+                    a,
+                    1e-6,
+                    1e-5,
+                ),
+                (None, None) => {}
+                _ => panic!("config {i} on {name}: one path proposed a balancer state"),
+            }
+            assert!((h.router_entropy - d.router_entropy).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn layer_reports_nan_logits_on_the_kernel_path() {
+    use burn_moe::moe::MoeConfig;
+    let device = ndarray(false);
+    let moe = MoeConfig::new(4, 8, 4).init(&device).unwrap();
+    let mut x = normal_vec(2 * 3 * 4, 1);
+    x[7] = f32::NAN;
+    let err = moe.forward(tensor3(x, [2, 3, 4], &device)).unwrap_err();
+    assert!(
+        matches!(err, burn_moe::MoeError::NonFinite { token: 1, .. }),
+        "{err}"
+    );
+}
+
+/// Asserts that the two outputs choose differently only where the selection values of the
+/// experts involved are within 1e-5 of the token's k-th best, and for at most 2% of tokens.
+fn assert_only_ties_differ(h: &burn_moe::MoeOutput, d: &burn_moe::MoeOutput, what: &str) {
+    let (m, k, n) = (h.routing.experts, h.routing.top_k, h.routing.tokens);
+    let scores = host(h.scores.clone());
+    let q = h.balancer_state.clone().unwrap_or_else(|| vec![0.0; m]);
+    let mut differing = 0;
+    for t in 0..n {
+        let mut a: Vec<u32> = h.routing.choices[t * k..(t + 1) * k].to_vec();
+        let mut b: Vec<u32> = d.routing.choices[t * k..(t + 1) * k].to_vec();
+        a.sort_unstable();
+        b.sort_unstable();
+        if a == b {
+            continue;
+        }
+        differing += 1;
+        let v: Vec<f32> = (0..m).map(|j| scores[t * m + j] - q[j]).collect();
+        let mut sorted = v.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        let kth = sorted[k - 1];
+        for j in a
+            .iter()
+            .chain(&b)
+            .filter(|j| !(a.contains(j) && b.contains(j)))
+        {
+            let gap = (v[*j as usize] - kth).abs();
+            assert!(
+                gap < 1e-5,
+                "{what}: token {t} expert {j} is {gap} from the k-th value"
+            );
+        }
+    }
+    assert!(
+        differing * 50 <= n,
+        "{what}: {differing} of {n} tokens routed differently"
+    );
+}
