@@ -72,11 +72,23 @@ fn main() {
         for (label, path) in paths {
             moe.config.kernel_path = path;
             let forward = median_ms(
-                || drop(moe.forward(input()).unwrap().output.into_data()),
+                || {
+                    std::hint::black_box(
+                        moe.forward(input()).unwrap().output.into_data().as_bytes()[0],
+                    );
+                },
                 reps,
             );
             let route = median_ms(
-                || drop(moe.route(input(), false).unwrap().gates.into_data()),
+                || {
+                    std::hint::black_box(
+                        moe.route(input(), false)
+                            .unwrap()
+                            .gates
+                            .into_data()
+                            .as_bytes()[0],
+                    );
+                },
                 reps,
             );
             let base = *baseline.get_or_insert(forward);

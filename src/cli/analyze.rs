@@ -270,7 +270,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 .map_or("(too few steps)".into(), |v| v.to_string())
         );
         println!(
-            "{:>5} {:>7} {:>6} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  {}",
+            "{:>5} {:>7} {:>6} {:>9} {:>9} {:>9} {:>7} {:>8} {:>5}  window variance transient -> stable",
             "layer",
             "experts",
             "steps",
@@ -280,7 +280,6 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             "CV",
             "min/max",
             "dead",
-            "window variance transient -> stable"
         );
         for l in &s.layers {
             let wv: Vec<String> = config

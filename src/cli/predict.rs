@@ -47,6 +47,9 @@ pub struct PredictArgs {
     /// ARIMA orders p,d,q.
     #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
     pub order: Vec<usize>,
+    /// Fit ARIMA with a constant also when d >= 1 (a drift); by default only when d = 0.
+    #[arg(long)]
+    pub constant: bool,
     /// Steps between prediction points.
     #[arg(long, default_value_t = 10)]
     pub stride: usize,
@@ -99,6 +102,7 @@ fn predictor(
             Box::new(ArimaPredictor {
                 order: ArimaOrder { p, d, q },
                 window: args.window.unwrap_or(500),
+                constant: args.constant || d == 0,
             })
         }
         Method::Lstm => {
@@ -316,6 +320,7 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
         horizon: vec![args.horizon],
         window: args.window,
         order: args.order.clone(),
+        constant: false,
         stride: args.stride,
         train_trace: args.train_trace.clone(),
         lstm_iterations: 300,

@@ -17,9 +17,10 @@ pub struct ArimaOrder {
 /// A fitted model.
 #[derive(Debug, Clone)]
 pub struct Arima {
-    /// The orders fitted.
+    /// The orders actually fitted (lower than asked when the asked ones were not stationary
+    /// or not invertible on this series).
     pub order: ArimaOrder,
-    /// Constant of the differenced series.
+    /// Constant of the differenced series (0 unless fitted with one).
     pub constant: f64,
     /// AR coefficients `phi_1..phi_p`.
     pub phi: Vec<f64>,
@@ -35,9 +36,41 @@ pub struct Arima {
 /// Ridge added to the normal equations so flat or collinear windows stay solvable.
 const RIDGE: f64 = 1e-9;
 
+/// The regression design: which columns `[1, z lags, e lags]` are present.
+#[derive(Clone, Copy)]
+struct Design {
+    constant: bool,
+    p: usize,
+    q: usize,
+}
+
+impl Design {
+    fn cols(&self) -> usize {
+        self.constant as usize + self.p + self.q
+    }
+
+    fn fill(&self, row: &mut [f64], z: &[f64], e: &[f64], t: usize) {
+        let c = self.constant as usize;
+        if self.constant {
+            row[0] = 1.0;
+        }
+        for i in 0..self.p {
+            row[c + i] = z[t - 1 - i];
+        }
+        for i in 0..self.q {
+            row[c + self.p + i] = e[t - 1 - i];
+        }
+    }
+}
+
 impl Arima {
-    /// Fits `order` to `y`; `None` when `y` is too short for the orders.
-    pub fn fit(y: &[f64], order: ArimaOrder) -> Option<Self> {
+    /// Fits `order` to `y`, with a constant in the differenced series when `constant` (the
+    /// usual choice is a constant for `d = 0` only: with `d >= 1` it is a drift that grows
+    /// linearly over the horizon). `None` when `y` is too short for the orders.
+    ///
+    /// A fit whose AR part is not stationary or whose MA part is not invertible would forecast
+    /// explosively; it is refitted without the MA part, then as a plain (differenced) mean.
+    pub fn fit(y: &[f64], order: ArimaOrder, constant: bool) -> Option<Self> {
         let mut z = y.to_vec();
         let mut tails = Vec::with_capacity(order.d);
         for _ in 0..order.d {
@@ -45,32 +78,49 @@ impl Arima {
             z = z.windows(2).map(|w| w[1] - w[0]).collect();
         }
         let long = (order.p.max(order.q) + 5).max(10);
-        let needed = long + order.p.max(order.q) + 10;
-        if z.len() < needed {
+        if z.len() < long + order.p.max(order.q) + 10 {
             return None;
         }
         // Stage 1: innovations from a long AR (valid from row `long` on).
-        let (e, valid_from) = if order.q > 0 {
-            let coef = regress(&z, long, None, 0, 0)?;
-            (residuals(&z, &coef, long, None, 0), long)
+        let long_ar = Design {
+            constant: true,
+            p: long,
+            q: 0,
+        };
+        let zeros = vec![0.0; z.len()];
+        let innovations = if order.q > 0 {
+            let coef = regress(&z, &zeros, long_ar, long)?;
+            residuals(&z, &zeros, &coef, long_ar)
         } else {
-            (vec![0.0; z.len()], 0)
+            zeros.clone()
         };
         // Stage 2: z_t on [1, z_{t-1..t-p}, e_{t-1..t-q}], on rows whose lags are all valid.
-        let coef = regress(&z, order.p, Some(&e), order.q, valid_from + order.q)?;
-        let constant = coef[0];
-        let phi = coef[1..1 + order.p].to_vec();
-        let theta = coef[1 + order.p..].to_vec();
-        let e = residuals(&z, &coef, order.p, Some(&e), order.q);
-        Some(Arima {
-            order,
-            constant,
-            phi,
-            theta,
-            z,
-            e,
-            tails,
-        })
+        let candidates = [(order.p, order.q), (order.p, 0), (0, 0)];
+        for (p, q) in candidates {
+            let design = Design { constant, p, q };
+            let from = if q > 0 { long + q } else { p };
+            let Some(coef) = regress(&z, &innovations, design, from) else {
+                continue;
+            };
+            let c = constant as usize;
+            let phi = coef[c..c + p].to_vec();
+            let theta = coef[c + p..].to_vec();
+            let minus_theta: Vec<f64> = theta.iter().map(|t| -t).collect();
+            if !(is_stationary(&phi) && is_stationary(&minus_theta)) {
+                continue;
+            }
+            let e = residuals(&z, &innovations, &coef, design);
+            return Some(Arima {
+                order: ArimaOrder { p, d: order.d, q },
+                constant: if constant { coef[0] } else { 0.0 },
+                phi,
+                theta,
+                z,
+                e,
+                tails,
+            });
+        }
+        None
     }
 
     /// Forecasts the next `horizon` values of the original series.
@@ -102,11 +152,30 @@ impl Arima {
     }
 }
 
-/// Least squares of `z_t` on `[1, z_{t-1..t-p}, e_{t-1..t-q}]` over rows `t >= from` where
-/// every lag exists.
-fn regress(z: &[f64], p: usize, e: Option<&[f64]>, q: usize, from: usize) -> Option<Vec<f64>> {
-    let start = p.max(q).max(from);
-    let cols = 1 + p + q;
+/// True when `1 - phi_1 z - ... - phi_p z^p` has all its roots outside the unit circle, by the
+/// step-down (Schur-Cohn) recursion: every partial autocorrelation must be below 1 in size.
+pub fn is_stationary(phi: &[f64]) -> bool {
+    let mut a = phi.to_vec();
+    while let Some(&last) = a.last() {
+        if !last.is_finite() || last.abs() >= 1.0 {
+            return false;
+        }
+        let k = a.len();
+        let denom = 1.0 - last * last;
+        a = (0..k - 1)
+            .map(|j| (a[j] + last * a[k - 2 - j]) / denom)
+            .collect();
+    }
+    true
+}
+
+/// Least squares of `z_t` on the design's columns over rows `t >= from`.
+fn regress(z: &[f64], e: &[f64], design: Design, from: usize) -> Option<Vec<f64>> {
+    let start = design.p.max(design.q).max(from);
+    let cols = design.cols();
+    if cols == 0 {
+        return Some(Vec::new());
+    }
     if z.len() <= start + cols {
         return None;
     }
@@ -114,7 +183,7 @@ fn regress(z: &[f64], p: usize, e: Option<&[f64]>, q: usize, from: usize) -> Opt
     let mut xty = vec![0.0; cols];
     let mut row = vec![0.0; cols];
     for t in start..z.len() {
-        fill_row(&mut row, z, e, t, p, q);
+        design.fill(&mut row, z, e, t);
         for i in 0..cols {
             xty[i] += row[i] * z[t];
             for j in 0..cols {
@@ -128,26 +197,16 @@ fn regress(z: &[f64], p: usize, e: Option<&[f64]>, q: usize, from: usize) -> Opt
     solve(xtx, xty, cols)
 }
 
-fn fill_row(row: &mut [f64], z: &[f64], e: Option<&[f64]>, t: usize, p: usize, q: usize) {
-    row[0] = 1.0;
-    for i in 0..p {
-        row[1 + i] = z[t - 1 - i];
-    }
-    for i in 0..q {
-        row[1 + p + i] = e.map_or(0.0, |e| e[t - 1 - i]);
-    }
-}
-
 /// In-sample innovations of the fitted regression (0 where the lags do not exist).
-fn residuals(z: &[f64], coef: &[f64], p: usize, e: Option<&[f64]>, q: usize) -> Vec<f64> {
-    let start = p.max(q);
+fn residuals(z: &[f64], e: &[f64], coef: &[f64], design: Design) -> Vec<f64> {
+    let start = design.p.max(design.q);
     let mut row = vec![0.0; coef.len()];
     (0..z.len())
         .map(|t| {
             if t < start {
                 return 0.0;
             }
-            fill_row(&mut row, z, e, t, p, q);
+            design.fill(&mut row, z, e, t);
             z[t] - row.iter().zip(coef).map(|(a, b)| a * b).sum::<f64>()
         })
         .collect()
@@ -212,28 +271,37 @@ mod tests {
         for t in 1..y.len() {
             y[t] = 0.7 * y[t - 1] + eps[t];
         }
-        let m = Arima::fit(&y, ArimaOrder { p: 1, d: 0, q: 0 }).unwrap();
+        let m = Arima::fit(&y, ArimaOrder { p: 1, d: 0, q: 0 }, true).unwrap();
         assert!((m.phi[0] - 0.7).abs() < 0.02, "phi {}", m.phi[0]);
 
         let mut y = vec![0.0; eps.len()];
         for t in 1..y.len() {
             y[t] = 0.5 * y[t - 1] + eps[t] + 0.3 * eps[t - 1];
         }
-        let m = Arima::fit(&y, ArimaOrder { p: 1, d: 0, q: 1 }).unwrap();
+        let m = Arima::fit(&y, ArimaOrder { p: 1, d: 0, q: 1 }, true).unwrap();
         assert!((m.phi[0] - 0.5).abs() < 0.05, "phi {}", m.phi[0]);
         assert!((m.theta[0] - 0.3).abs() < 0.05, "theta {}", m.theta[0]);
     }
 
     #[test]
+    fn stationarity_by_step_down() {
+        assert!(is_stationary(&[0.5]) && !is_stationary(&[1.0]) && !is_stationary(&[-1.2]));
+        // 1 - 1.5z + 0.56z^2 = (1 - 0.7z)(1 - 0.8z): stationary; (1 - 0.5z)(1 - 1.25z) is not.
+        assert!(is_stationary(&[1.5, -0.56]));
+        assert!(!is_stationary(&[1.75, -0.625]));
+        assert!(is_stationary(&[]));
+    }
+
+    #[test]
     fn forecasts_constant_drift_and_periodic_series() {
         let flat = vec![0.25; 200];
-        let f = Arima::fit(&flat, ArimaOrder { p: 2, d: 1, q: 1 })
+        let f = Arima::fit(&flat, ArimaOrder { p: 2, d: 1, q: 1 }, false)
             .unwrap()
             .forecast(50);
         assert!(f.iter().all(|v| (v - 0.25).abs() < 1e-6), "{f:?}");
 
         let line: Vec<f64> = (0..300).map(|t| 0.1 + 0.001 * t as f64).collect();
-        let f = Arima::fit(&line, ArimaOrder { p: 1, d: 1, q: 0 })
+        let f = Arima::fit(&line, ArimaOrder { p: 1, d: 1, q: 0 }, true)
             .unwrap()
             .forecast(100);
         for (h, v) in f.iter().enumerate() {
@@ -248,7 +316,7 @@ mod tests {
         let series: Vec<f64> = (0..600)
             .map(|t| 0.5 + 0.1 * (w * t as f64).sin() + 0.0005 * eps[t])
             .collect();
-        let f = Arima::fit(&series[..500], ArimaOrder { p: 2, d: 0, q: 0 })
+        let f = Arima::fit(&series[..500], ArimaOrder { p: 2, d: 0, q: 0 }, true)
             .unwrap()
             .forecast(50);
         let err = |pred: &dyn Fn(usize) -> f64| {

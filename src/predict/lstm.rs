@@ -212,7 +212,7 @@ mod tests {
         let m = 2;
         let counts: Vec<u32> = (0..steps)
             .flat_map(|t| {
-                if ((t + offset) / 40) % 2 == 0 {
+                if ((t + offset) / 40).is_multiple_of(2) {
                     [700u32, 300]
                 } else {
                     [300, 700]

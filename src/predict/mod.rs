@@ -63,12 +63,15 @@ pub struct ArimaPredictor {
     pub order: ArimaOrder,
     /// Steps the model is fitted on.
     pub window: usize,
+    /// Fit a constant (for `d >= 1` a drift; the usual choice is a constant for `d = 0` only).
+    pub constant: bool,
 }
 
 impl LoadPredictor for ArimaPredictor {
     fn name(&self) -> String {
         let o = self.order;
-        format!("arima({},{},{}; W={})", o.p, o.d, o.q, self.window)
+        let c = if self.constant { "; constant" } else { "" };
+        format!("arima({},{},{}; W={}{c})", o.p, o.d, o.q, self.window)
     }
 
     /// Falls back to the window mean for an expert whose window is too short to fit; forecasts
@@ -80,7 +83,8 @@ impl LoadPredictor for ArimaPredictor {
         let mut out = vec![0.0f32; horizon * m];
         for j in 0..m {
             let series: Vec<f64> = (from..origin).map(|t| layer.row(t)[j] as f64).collect();
-            let forecast = Arima::fit(&series, self.order).map(|a| a.forecast(horizon));
+            let forecast =
+                Arima::fit(&series, self.order, self.constant).map(|a| a.forecast(horizon));
             for h in 0..horizon {
                 let v = forecast
                     .as_ref()
@@ -210,6 +214,7 @@ mod tests {
         let ar = ArimaPredictor {
             order: ArimaOrder { p: 5, d: 1, q: 5 },
             window: 100,
+            constant: false,
         };
         let ar = evaluate(&ar, &run, None, &cfg);
         assert!(
@@ -245,6 +250,7 @@ mod tests {
         let ar = ArimaPredictor {
             order: ArimaOrder { p: 1, d: 1, q: 0 },
             window: 200,
+            constant: true,
         };
         assert!(evaluate(&ar, &drift, None, &cfg).stable.unwrap() < 1e-4);
 
@@ -260,6 +266,7 @@ mod tests {
         let ar = ArimaPredictor {
             order: ArimaOrder { p: 2, d: 0, q: 0 },
             window: 200,
+            constant: true,
         };
         let ar = evaluate(&ar, &periodic, None, &cfg);
         assert!(ar.stable.unwrap() < 0.01, "{ar:?}");
