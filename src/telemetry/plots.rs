@@ -50,7 +50,7 @@ fn text_enabled() -> bool {
 pub struct Series {
     /// Legend label.
     pub label: String,
-    /// `(x, y)` points.
+    /// `(x, y)` points; a non-finite point starts a new piece of line.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -151,15 +151,23 @@ fn draw_lines<DB: DrawingBackend>(
             }
             mesh.draw().map_err(|x| e(&x))?;
             for (i, s) in chart.series.iter().enumerate() {
-                let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| keep(p.1)).collect();
+                // A non-finite point breaks the line into separate pieces.
+                let pieces: Vec<Vec<(f64, f64)>> = s
+                    .points
+                    .split(|p| !keep(p.1) || !p.0.is_finite())
+                    .filter(|piece| !piece.is_empty())
+                    .map(<[(f64, f64)]>::to_vec)
+                    .collect();
                 let color = colors(i);
-                let drawn = ctx
-                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                    .map_err(|x| e(&x))?;
-                if text {
-                    drawn.label(s.label.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
+                for (n, piece) in pieces.into_iter().enumerate() {
+                    let drawn = ctx
+                        .draw_series(LineSeries::new(piece, color.stroke_width(2)))
+                        .map_err(|x| e(&x))?;
+                    if text && n == 0 {
+                        drawn.label(s.label.as_str()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                        });
+                    }
                 }
             }
             if let Some((x, label)) = &chart.marker {
