@@ -8,7 +8,7 @@ use burn::tensor::{Distribution, Tensor, Transaction};
 use crate::balance::{BalancerConfig, BipOrder};
 use crate::error::{MoeError, Result};
 use crate::kernels::{self, KernelPath};
-use crate::moe::router::{Routed, check_finite, read_f32};
+use crate::moe::router::{Routed, check_finite, read_as, read_f32};
 use crate::moe::{MoeConfig, Router, ScoreFunction};
 use crate::routing::{RoutingRule, plan_from_positions};
 
@@ -113,9 +113,9 @@ impl Router {
             .try_execute()
             .map_err(|e| MoeError::Backend(format!("routing read-back failed: {e:?}")))?
             .into_iter();
-        let indices = read_i64(data.next())?;
-        let used = read_i64(data.next())?;
-        let positions = read_i64(data.next())?;
+        let indices = read_as::<i64>(data.next())?;
+        let used = read_as::<i64>(data.next())?;
+        let positions = read_as::<i64>(data.next())?;
         let entropy = read_f32(data.next())?.first().copied().unwrap_or(0.0);
         let draws = draws.map(|_| read_f32(data.next())).transpose()?;
         let new_state = new_state.map(|_| read_f32(data.next())).transpose()?;
@@ -150,11 +150,4 @@ impl Router {
             entropy,
         })
     }
-}
-
-fn read_i64(data: Option<burn::tensor::TensorData>) -> Result<Vec<i64>> {
-    data.ok_or_else(|| MoeError::Backend("routing read-back returned nothing".into()))?
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| MoeError::Backend(format!("routing read-back: {e:?}")))
 }

@@ -168,9 +168,16 @@ fn mean_entropy(scores: &[f32], experts: usize) -> f32 {
 }
 
 pub(crate) fn read_f32(data: Option<burn::tensor::TensorData>) -> Result<Vec<f32>> {
+    read_as(data)
+}
+
+/// One tensor of a read-back transaction as a host vector of `E`.
+pub(crate) fn read_as<E: burn::tensor::Element>(
+    data: Option<burn::tensor::TensorData>,
+) -> Result<Vec<E>> {
     data.ok_or_else(|| MoeError::Backend("router read-back returned nothing".into()))?
-        .convert::<f32>()
-        .try_into_vec::<f32>()
+        .convert::<E>()
+        .try_into_vec::<E>()
         .map_err(|e| MoeError::Backend(format!("router read-back: {e:?}")))
 }
 

@@ -17,6 +17,24 @@ pub struct RoutingRule {
     pub random_second: bool,
 }
 
+impl RoutingRule {
+    /// Capacity per expert per group for a call of `tokens` tokens, `None` when dropless:
+    /// `C = ceil(capacity_factor * k * S / m)` with `S = tokens / groups`.
+    pub fn capacity(&self, tokens: usize, experts: usize) -> Option<usize> {
+        let group_len = tokens / self.groups;
+        self.capacity_factor
+            .map(|cf| (cf * self.top_k as f64 * group_len as f64 / experts as f64).ceil() as usize)
+    }
+}
+
+/// Tokens none of whose `k` assignments was admitted.
+fn dropped_tokens(admitted: &[bool], k: usize) -> usize {
+    admitted
+        .chunks_exact(k)
+        .filter(|a| !a.iter().any(|&x| x))
+        .count()
+}
+
 /// Every routing decision of one call, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingPlan {
@@ -122,9 +140,7 @@ pub fn plan_routing(
         }
     }
 
-    let capacity = rule
-        .capacity_factor
-        .map(|cf| (cf * k as f64 * (tokens / rule.groups) as f64 / experts as f64).ceil() as usize);
+    let capacity = rule.capacity(tokens, experts);
     let admission = admit(&choices, &used, k, experts, rule.groups, capacity);
 
     let mut requested_counts = vec![0usize; experts];
@@ -132,11 +148,7 @@ pub fn plan_routing(
         requested_counts[*c as usize] += 1;
     }
     let computed_counts = admission.expert_assignments.iter().map(Vec::len).collect();
-    let dropped_tokens = admission
-        .admitted
-        .chunks_exact(k)
-        .filter(|a| !a.iter().any(|&x| x))
-        .count();
+    let dropped_tokens = dropped_tokens(&admission.admitted, k);
     Ok(RoutingPlan {
         tokens,
         experts,
@@ -173,9 +185,7 @@ pub fn plan_from_positions(
         )));
     }
     let group_len = tokens / rule.groups;
-    let capacity = rule
-        .capacity_factor
-        .map(|cf| (cf * k as f64 * group_len as f64 / experts as f64).ceil() as usize);
+    let capacity = rule.capacity(tokens, experts);
     let admitted: Vec<bool> = used
         .iter()
         .zip(positions)
@@ -217,10 +227,7 @@ pub fn plan_from_positions(
             }
         }
     }
-    let dropped_tokens = admitted
-        .chunks_exact(k)
-        .filter(|a| !a.iter().any(|&x| x))
-        .count();
+    let dropped_tokens = dropped_tokens(&admitted, k);
     Ok(RoutingPlan {
         tokens,
         experts,
