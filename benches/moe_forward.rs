@@ -1,25 +1,37 @@
-//! Layer forward time on each backend for one shape, and the share of it spent routing, with
-//! routing on the host (reference path) and with the routing kernels (WGSL on wgpu, tensor ops
-//! on the CPU backends; on wgpu also the tensor-op path).
+//! Where a MoE layer's time goes, per backend, for one shape: the four stages (route,
+//! dispatch, experts, combine) of an inference forward, and the routing share of a training
+//! forward for each balancer.
 //!
-//! `cargo bench --bench moe_forward` (add `-- --tokens N --experts M` to change the shape).
-//! Times are medians of repeated calls after warm-up, each call timed until its output is read
-//! back to the host; compare the ratios printed, not the absolute numbers.
+//! `cargo bench --bench moe_forward` (options: `-- --tokens N --experts M --d-model D --top-k K
+//! --reps R --backends ndarray,flex,wgpu --balancers none,aux,loss-free,bip`).
+//! Times are medians of repeated calls after warm-up, each stage timed until its result is
+//! reduced to a scalar on the host; compare the ratios printed, not the absolute numbers.
 
+use std::hint::black_box;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use burn_moe::balance::BalancerConfig;
 use burn_moe::device::probe_wgpu_adapter;
-use burn_moe::kernels::KernelPath;
+use burn_moe::moe::{ExpertLayout, TokenDispatcher};
 use burn_moe::{BackendKind, MoeConfig};
 
-fn arg(name: &str, default: usize) -> usize {
+mod common;
+use common::bench_input;
+
+fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn num(name: &str, default: usize) -> usize {
+    arg(name, &default.to_string())
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} takes a number"))
 }
 
 fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
@@ -36,71 +48,154 @@ fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
     t[t.len() / 2]
 }
 
+fn scalar<const D: usize>(t: Tensor<D>) -> f32 {
+    t.sum().into_scalar::<f32>()
+}
+
 fn main() {
-    let tokens = arg("--tokens", 4096);
-    let experts = arg("--experts", 16);
-    let (d_model, d_ff) = (arg("--d-model", 256), arg("--d-ff", 512));
-    let reps = arg("--reps", 7);
-    let config = MoeConfig::new(d_model, d_ff, experts)
-        .with_top_k(2)
+    let tokens = num("--tokens", 8192);
+    let experts = num("--experts", 16);
+    let d_model = num("--d-model", 256);
+    let top_k = num("--top-k", 2);
+    let reps = num("--reps", 7);
+    let backends = arg("--backends", "ndarray,flex,wgpu");
+    let balancers = arg("--balancers", "none,aux,loss-free,bip");
+    let config = MoeConfig::new(d_model, 2 * d_model, experts)
+        .with_top_k(top_k)
         .with_capacity_factor(Some(1.25));
-    let x: Vec<f32> = (0..tokens * d_model)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+    let x = bench_input(tokens, d_model);
+    println!(
+        "MoE layer: {tokens} tokens, d_model {d_model}, d_ff {}, {experts} experts, top-{top_k}, capacity 1.25",
+        2 * d_model
+    );
+    println!(
+        "\ninference forward, ms per stage (share of the sum)\n{:<16} {:>15} {:>15} {:>15} {:>15} {:>10} {:>10}",
+        "backend", "route", "dispatch", "experts", "combine", "sum", "forward"
+    );
+    println!(
+        "(forward: the layer as built, with its layout for the device; the stages: each layout)"
+    );
+    let chosen: Vec<BackendKind> = BackendKind::ALL
+        .into_iter()
+        .filter(|b| backends.split(',').any(|w| w == b.to_string()))
+        .filter(|b| {
+            let ok = *b != BackendKind::Wgpu || probe_wgpu_adapter().is_ok();
+            if !ok {
+                println!("{b:<8} skipped: no wgpu adapter");
+            }
+            ok
+        })
         .collect();
-    println!(
-        "MoE forward: {tokens} tokens, d_model {d_model}, d_ff {d_ff}, {experts} experts, top-2, capacity 1.25"
-    );
-    println!(
-        "{:<8} {:<9} {:>12} {:>12} {:>10} {:>14}",
-        "backend", "routing", "forward ms", "route ms", "route %", "tokens/s"
-    );
-    let mut baseline = None;
-    for backend in BackendKind::ALL {
-        if backend == BackendKind::Wgpu && probe_wgpu_adapter().is_err() {
-            println!("{backend:<8} skipped: no wgpu adapter");
-            continue;
-        }
+    for &backend in &chosen {
         let device: Device = backend.device(false).expect("device");
         device.seed(1);
-        let mut moe = config.init(&device).expect("layer");
+        let moe = config.init(&device).expect("layer");
         let input =
             || Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_model]), &device);
-        let mut paths = vec![("host", None), ("kernels", Some(KernelPath::Auto))];
-        if backend == BackendKind::Wgpu {
-            paths.push(("portable", Some(KernelPath::Portable)));
-        }
-        for (label, path) in paths {
-            moe.config.kernel_path = path;
-            let forward = median_ms(
+        let flat = input().reshape([tokens, d_model]);
+        let routed = moe.route(input(), false).expect("route");
+        let route = median_ms(
+            || {
+                black_box(scalar(moe.route(input(), false).expect("route").gates));
+            },
+            reps,
+        );
+        let forward = median_ms(
+            || {
+                black_box(scalar(moe.forward(input()).expect("forward").output));
+            },
+            reps,
+        );
+        for layout in [ExpertLayout::Padded, ExpertLayout::Packed] {
+            let dispatcher = TokenDispatcher::new(&routed.routing, 1, layout, &device);
+            let blocks = dispatcher.dispatch(flat.clone());
+            let expert_out = dispatcher.run_experts(&moe.experts, blocks.clone());
+            let dispatch = median_ms(
                 || {
-                    std::hint::black_box(
-                        moe.forward(input()).unwrap().output.into_data().as_bytes()[0],
-                    );
+                    let d = TokenDispatcher::new(&routed.routing, 1, layout, &device);
+                    black_box(scalar(d.dispatch(flat.clone())));
                 },
                 reps,
             );
+            let experts_ms = median_ms(
+                || {
+                    black_box(scalar(dispatcher.run_experts(&moe.experts, blocks.clone())));
+                },
+                reps,
+            );
+            let combine = median_ms(
+                || {
+                    black_box(scalar(
+                        dispatcher.combine(expert_out.clone(), routed.gates.clone()),
+                    ));
+                },
+                reps,
+            );
+            let sum = route + dispatch + experts_ms + combine;
+            let cell = |ms: f64| format!("{ms:8.1} ({:4.1}%)", 100.0 * ms / sum);
+            let as_built = layout == ExpertLayout::for_device(&device);
+            println!(
+                "{:<16} {:>15} {:>15} {:>15} {:>15} {:>10.1} {:>10}",
+                format!("{backend} {layout:?}"),
+                cell(route),
+                cell(dispatch),
+                cell(experts_ms),
+                cell(combine),
+                sum,
+                if as_built {
+                    format!("{forward:.1}")
+                } else {
+                    "-".into()
+                }
+            );
+        }
+    }
+
+    println!(
+        "\ntraining forward (autodiff device: balancer state updates, loss terms), routing share\n{:<8} {:<10} {:>12} {:>12} {:>9}",
+        "backend", "balancer", "route ms", "forward ms", "route %"
+    );
+    for &backend in &chosen {
+        let device: Device = backend.device(true).expect("device");
+        for name in balancers.split(',') {
+            let balancer: BalancerConfig = name.parse().expect("balancer name");
+            device.seed(1);
+            let moe = config
+                .clone()
+                .with_balancer(balancer)
+                .init(&device)
+                .expect("layer");
+            let input = || {
+                Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_model]), &device)
+            };
+            // Routing = scores, top-k, histograms, the balancer's update or loss term.
             let route = median_ms(
                 || {
-                    std::hint::black_box(
-                        moe.route(input(), false)
-                            .unwrap()
-                            .gates
-                            .into_data()
-                            .as_bytes()[0],
-                    );
+                    let out = moe.route(input(), true).expect("route");
+                    black_box(scalar(out.gates));
+                    if let Some(l) = out.balance_loss {
+                        black_box(scalar(l));
+                    }
                 },
                 reps,
             );
-            let base = *baseline.get_or_insert(forward);
+            let forward = median_ms(
+                || {
+                    let out = moe.forward(input()).expect("forward");
+                    black_box(scalar(out.output));
+                    if let Some(l) = out.balance_loss {
+                        black_box(scalar(l));
+                    }
+                },
+                reps,
+            );
             println!(
-                "{:<8} {:<9} {:>12.2} {:>12.2} {:>9.1}% {:>14.0}   ({:.2}x ndarray-host's time)",
+                "{:<8} {:<10} {:>12.2} {:>12.2} {:>8.1}%",
                 backend.to_string(),
-                label,
-                forward,
+                name,
                 route,
-                100.0 * route / forward,
-                tokens as f64 / (forward / 1e3),
-                forward / base
+                forward,
+                100.0 * route / forward
             );
         }
     }

@@ -227,3 +227,95 @@ fn bad_data_is_a_clear_error() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The what-if drop rate from requested loads equals what a capacity limit really drops.
+#[test]
+fn drop_rate_at_capacity_matches_real_dropping() {
+    let device = ndarray(false);
+    let data = burn_moe::data::TextData::from_file_or_default(None, 3).unwrap();
+    let mut cfg = Preset::Tiny.config(32);
+    cfg.n_layers = 1; // a later layer's input would depend on the first layer's drops
+    let eval = |capacity: Option<f64>| {
+        let mut cfg = cfg.clone();
+        cfg.moe.capacity_factor = capacity;
+        device.seed(9);
+        let model = cfg.init(&device).unwrap();
+        burn_moe::train::evaluate(&model, &data, 8, 32, 4).unwrap()
+    };
+    let dropless = eval(None);
+    assert_eq!(dropless.drop_rate, vec![0.0]);
+    for cf in [0.5, 1.0, 1.25] {
+        let real = eval(Some(cf)).drop_rate[0];
+        let what_if = dropless.drop_rate_at(cf, cfg.moe.top_k);
+        assert!(
+            (real - what_if).abs() < 1e-12,
+            "cf {cf}: {real} vs {what_if}"
+        );
+    }
+    assert!(dropless.drop_rate_at(0.5, cfg.moe.top_k) > 0.0);
+}
+
+/// The study trains one run per balancer, reuses finished runs, and refuses a changed setup.
+#[test]
+fn study_compares_balancers_and_reuses_runs() {
+    use burn_moe::train::study::{StudyConfig, run_study};
+    let dir = temp_dir("study");
+    let device = ndarray(false);
+    let mut base = manifest(Preset::Tiny.config(32), 12, None);
+    base.train.eval_every = 4;
+    let config = StudyConfig {
+        base,
+        balancers: vec![
+            ("none".into(), "none".parse().unwrap()),
+            ("bip".into(), "bip".parse().unwrap()),
+        ],
+        eval_batches: 4,
+        capacity_factors: vec![1.0, 1.25],
+        target_loss: None,
+        maxvio_steps: vec![1, 10, 100],
+        fresh: false,
+    };
+    let report = run_study(&dir, &config, &device, &mut ()).unwrap();
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        assert_eq!(r.steps, 12);
+        assert_eq!(r.maxvio.len(), 12, "{}: one MaxVio per step", r.name);
+        assert_eq!(
+            r.val_curve.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [4, 8, 12]
+        );
+        // Step 100 is past the end: only steps 1 and 10 are reported.
+        assert_eq!(r.maxvio_at.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 10]);
+        assert!(
+            r.drop_rate[0].1 >= r.drop_rate[1].1,
+            "{}: more capacity, fewer drops",
+            r.name
+        );
+        assert!(r.median_step_seconds > 0.0 && r.val_loss.is_finite());
+    }
+    // The default target is the worst final validation loss: every run reaches it.
+    assert!(report.results.iter().all(|r| r.steps_to_target.is_some()));
+    // BIP balances from the first step; no balancing does not.
+    let (none, bip) = (&report.results[0], &report.results[1]);
+    assert!(
+        bip.avg_maxvio < none.avg_maxvio,
+        "{} vs {}",
+        bip.avg_maxvio,
+        none.avg_maxvio
+    );
+
+    let metrics = std::fs::read_to_string(dir.join("bip/metrics.jsonl")).unwrap();
+    let again = run_study(&dir, &config, &device, &mut ()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bip/metrics.jsonl")).unwrap(),
+        metrics,
+        "a finished run is reused, not retrained"
+    );
+    assert_eq!(again.results[1].val_loss, bip.val_loss);
+
+    let mut changed = config.clone();
+    changed.base.train.seed += 1;
+    let err = run_study(&dir, &changed, &device, &mut ()).unwrap_err();
+    assert!(err.to_string().contains("--fresh"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

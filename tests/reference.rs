@@ -3,7 +3,8 @@
 
 mod common;
 
-use burn_moe::moe::{ExpertActivation, ExpertFfn, Moe, MoeConfig, ScoreFunction};
+use burn::tensor::Tensor;
+use burn_moe::moe::{ExpertActivation, ExpertFfn, ExpertLayout, Moe, MoeConfig, ScoreFunction};
 use common::*;
 
 /// Host copy of one stack of FFN weights, in math layout.
@@ -188,6 +189,16 @@ fn check(name: &str, cfg: MoeConfig, batch: usize, seq: usize, training: bool, s
         "{name}: dropped tokens"
     );
     assert_close(name, &host(out.output), &r.output, 1e-5, 1e-4);
+    // The other expert layout (padded on this CPU device) computes the same function.
+    if !training {
+        let padded = moe
+            .forward_with_layout(
+                tensor3(x, [batch, seq, cfg.d_model], &device),
+                ExpertLayout::Padded,
+            )
+            .unwrap();
+        assert_close(name, &host(padded.output), &r.output, 1e-5, 1e-4);
+    }
 }
 
 #[test]
@@ -342,4 +353,43 @@ fn noisy_gating_adds_scaled_noise_in_training_only() {
         mean.abs() < 0.2 && (var - 1.0).abs() < 0.3,
         "noise mean {mean}, variance {var}"
     );
+}
+
+/// Packed and padded layouts give the same gradients (every weight, and the input).
+#[test]
+fn expert_layouts_have_equal_gradients() {
+    let device = ndarray(true);
+    for (name, cfg) in [
+        (
+            "capacity",
+            MoeConfig::new(12, 20, 6).with_capacity_factor(Some(1.0)),
+        ),
+        ("dropless top-3", MoeConfig::new(12, 20, 6).with_top_k(3)),
+    ] {
+        device.seed(5);
+        let moe = cfg.init(&device).unwrap();
+        let x = normal_vec(2 * 30 * 12, 6);
+        let grads_for = |layout| {
+            let input = tensor3(x.clone(), [2, 30, 12], &device).require_grad();
+            let out = moe.forward_with_layout(input.clone(), layout).unwrap();
+            let grads = (out.output.clone() * out.output).sum().backward();
+            let g = |t: Tensor<3>| host(t.grad(&grads).unwrap());
+            vec![
+                host(input.grad(&grads).unwrap()),
+                g(moe.experts.w_in.val()),
+                g(moe.experts.w_out.val()),
+                g(moe.experts.w_gate.as_ref().unwrap().val()),
+                host(moe.router.gate.weight.val().grad(&grads).unwrap()),
+            ]
+        };
+        let packed = grads_for(ExpertLayout::Packed);
+        let padded = grads_for(ExpertLayout::Padded);
+        for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+            assert!(
+                a.iter().any(|v| *v != 0.0),
+                "{name}: gradient {i} is all zero"
+            );
+            assert_close(&format!("{name} grad {i}"), a, b, 1e-5, 1e-4);
+        }
+    }
 }

@@ -4,6 +4,7 @@ mod analyze;
 mod demo;
 mod predict;
 mod simulate;
+mod study;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -12,6 +13,7 @@ pub use analyze::AnalyzeArgs;
 pub use demo::DemoArgs;
 pub use predict::{PlaceArgs, PredictArgs};
 pub use simulate::SimulateArgs;
+pub use study::StudyArgs;
 pub use train::{EvalArgs, GenerateArgs, TrainArgs};
 
 /// Mixture-of-Experts layers on any GPU (wgpu) or CPU (ndarray, flex).
@@ -43,6 +45,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Place experts on devices from predicted loads; compare with round-robin and an oracle.
     Place(PlaceArgs),
+    /// Train the same model once per balancer and compare quality, balance and speed.
+    Study(StudyArgs),
     /// Show the wgpu adapter this machine offers, if any.
     Devices,
 }
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::run(&args),
         Command::Predict(args) => predict::run_predict(&args),
         Command::Place(args) => predict::run_place(&args),
+        Command::Study(args) => study::run(&args),
         Command::Devices => {
             match burn_moe::device::probe_wgpu_adapter() {
                 Ok(a) => println!("wgpu: {a}"),

@@ -92,7 +92,28 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
-struct Bar(Option<ProgressBar>);
+/// Progress: a bar on a terminal, plain lines otherwise, nothing with `--json`.
+pub(super) struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    pub(super) fn new(quiet: bool) -> Self {
+        Bar((!quiet).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        }))
+    }
+
+    pub(super) fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
 
 impl Progress for Bar {
     fn step(&mut self, step: u64, total: u64, loss: f64, tps: f64, maxvio: f64) {
@@ -179,15 +200,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let mut bar = Bar((!args.json).then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar
-    }));
+    let mut bar = Bar::new(args.json);
     if !args.json {
         eprintln!(
             "training on {} ({}), run directory {}",
@@ -197,9 +210,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     let summary = train(&dir, start, &device, Some(stop_flag()), &mut bar)?;
-    if let Some(b) = &bar.0 {
-        b.finish_and_clear();
-    }
+    bar.finish();
     if !args.json {
         println!(
             "done: {} steps, train loss {:.4} (first {:.4}), val loss {:.4}, val ppl {:.2}, AvgMaxVio {:.3}, {:.0} tokens/s",
@@ -216,7 +227,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe_backend(b: BackendKind) -> String {
+pub(super) fn describe_backend(b: BackendKind) -> String {
     match b {
         BackendKind::Wgpu => burn_moe::device::probe_wgpu_adapter()
             .map(|a| a.to_string())

@@ -63,12 +63,17 @@ pub struct Histogram {
     pub admitted: Tensor<2, Int>,
 }
 
-/// True when `path` runs the WGSL shaders on `device`.
-pub fn uses_wgsl(path: KernelPath, device: &Device) -> Result<bool> {
-    let is_cube = matches!(
+/// True for a GPU device (wgpu), false for the CPU backends.
+pub fn is_gpu(device: &Device) -> bool {
+    matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Cube(_)
-    );
+    )
+}
+
+/// True when `path` runs the WGSL shaders on `device`.
+pub fn uses_wgsl(path: KernelPath, device: &Device) -> Result<bool> {
+    let is_cube = is_gpu(device);
     match path {
         KernelPath::Auto => Ok(is_cube),
         KernelPath::Portable => Ok(false),

@@ -1,24 +1,53 @@
-//! Token dispatch and combine: gather each expert's tokens into a padded block, scatter the
-//! gated expert outputs back to their tokens.
+//! Token dispatch and combine: gather each expert's tokens into a padded block (one batched
+//! matmul, fixed shapes: what a GPU wants) or into one packed run of rows sorted by expert (no
+//! padding, one matmul per expert: what a CPU wants), and scatter the gated expert outputs back
+//! to their tokens.
 
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::moe::ExpertFfn;
 use crate::routing::RoutingPlan;
 
-/// Index tensors that move tokens between `[tokens, d]` and `[experts, slots, d]`.
+/// How dispatched tokens are laid out for the experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertLayout {
+    /// `[experts, slots, d]`: every expert gets the same number of slots, padding included.
+    Padded,
+    /// `[rows, d]`: expert 0's admitted assignments, then expert 1's, ...; no padding.
+    Packed,
+}
+
+impl ExpertLayout {
+    /// Padded on a GPU (one batched matmul over shapes that repeat), packed on a CPU (no
+    /// wasted rows, and per-expert blocks small enough to stay in cache).
+    pub fn for_device(device: &Device) -> Self {
+        if crate::kernels::is_gpu(device) {
+            ExpertLayout::Padded
+        } else {
+            ExpertLayout::Packed
+        }
+    }
+}
+
+/// Index tensors that move tokens between `[tokens, d]` and the experts' layout.
 ///
-/// Expert `e`'s admitted assignments fill slots `0..count_e` of its block in admission order;
-/// the remaining slots are padding that reads a zero row and carries a zero gate.
+/// Padded: expert `e`'s admitted assignments fill slots `0..count_e` of its block in admission
+/// order; the remaining slots are padding that reads a zero row and carries a zero gate.
+/// Packed: the same assignments, expert after expert, with no padding.
 #[derive(Debug, Clone)]
 pub struct TokenDispatcher {
+    layout: ExpertLayout,
+    /// Admitted assignments per expert (the packed layout's block lengths).
+    counts: Vec<usize>,
     experts: usize,
     slots: usize,
     tokens: usize,
     top_k: usize,
     /// `[experts * slots]`: token feeding each slot (`tokens` = the zero padding row).
     slot_token: Tensor<1, Int>,
-    /// `[experts * slots]`: assignment `t * k + r` of each slot (`tokens * k` = padding).
-    slot_assignment: Tensor<1, Int>,
+    /// `[tokens * k]`: the row of the experts' output holding assignment `t * k + r`, or the
+    /// zero row appended after the last one when the assignment was dropped.
+    assignment_row: Tensor<1, Int>,
 }
 
 impl TokenDispatcher {
@@ -28,79 +57,120 @@ impl TokenDispatcher {
     /// (one shape to compile and tune on a GPU); dropless it has the largest expert load rounded
     /// up to a coarse bucket (see [`slot_bucket`]), so a GPU compiles and tunes a handful of
     /// shapes instead of a new one at almost every call.
-    pub fn new(plan: &RoutingPlan, groups: usize, device: &Device) -> Self {
-        let most = plan.computed_counts.iter().copied().max().unwrap_or(0);
-        let slots = match plan.capacity {
-            Some(c) => groups * c,
-            None => slot_bucket(most),
-        }
-        .max(1);
-        let (pad_token, pad_assignment) = (plan.tokens as i64, (plan.tokens * plan.top_k) as i64);
-        let mut slot_token = vec![pad_token; plan.experts * slots];
-        let mut slot_assignment = vec![pad_assignment; plan.experts * slots];
-        for (e, assignments) in plan.expert_assignments.iter().enumerate() {
-            for (s, &a) in assignments.iter().enumerate() {
-                slot_token[e * slots + s] = (a as usize / plan.top_k) as i64;
-                slot_assignment[e * slots + s] = a as i64;
+    pub fn new(plan: &RoutingPlan, groups: usize, layout: ExpertLayout, device: &Device) -> Self {
+        let counts: Vec<usize> = plan.expert_assignments.iter().map(Vec::len).collect();
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let (slot_token, slot_assignment, slots) = match layout {
+            ExpertLayout::Padded => {
+                let slots = match plan.capacity {
+                    Some(c) => groups * c,
+                    None => slot_bucket(most),
+                }
+                .max(1);
+                let (pad_token, pad_assignment) =
+                    (plan.tokens as i64, (plan.tokens * plan.top_k) as i64);
+                let mut slot_token = vec![pad_token; plan.experts * slots];
+                let mut slot_assignment = vec![pad_assignment; plan.experts * slots];
+                for (e, assignments) in plan.expert_assignments.iter().enumerate() {
+                    for (s, &a) in assignments.iter().enumerate() {
+                        slot_token[e * slots + s] = (a as usize / plan.top_k) as i64;
+                        slot_assignment[e * slots + s] = a as i64;
+                    }
+                }
+                (slot_token, slot_assignment, slots)
+            }
+            ExpertLayout::Packed => {
+                let rows = plan.expert_assignments.iter().flatten();
+                let slot_token = rows
+                    .clone()
+                    .map(|&a| (a as usize / plan.top_k) as i64)
+                    .collect();
+                let slot_assignment = rows.map(|&a| a as i64).collect();
+                (slot_token, slot_assignment, 0)
+            }
+        };
+        let len = slot_token.len();
+        let assignments = plan.tokens * plan.top_k;
+        let mut assignment_row = vec![len as i64; assignments];
+        for (row, &a) in slot_assignment.iter().enumerate() {
+            if let Some(r) = assignment_row.get_mut(a as usize) {
+                *r = row as i64; // padding slots (a = tokens * k) have no assignment
             }
         }
-        let len = plan.experts * slots;
         TokenDispatcher {
+            layout,
+            counts,
             experts: plan.experts,
             slots,
             tokens: plan.tokens,
             top_k: plan.top_k,
             slot_token: Tensor::from_data(TensorData::new(slot_token, [len]), device),
-            slot_assignment: Tensor::from_data(TensorData::new(slot_assignment, [len]), device),
+            assignment_row: Tensor::from_data(
+                TensorData::new(assignment_row, [assignments]),
+                device,
+            ),
         }
     }
 
-    /// Slots per expert block.
+    /// Slots per expert block (padded layout; 0 when packed).
     pub fn slots(&self) -> usize {
         self.slots
     }
 
-    /// Gathers tokens into expert blocks.
+    /// The layout.
+    pub fn layout(&self) -> ExpertLayout {
+        self.layout
+    }
+
+    /// Gathers tokens into the experts' layout.
     ///
     /// # Shapes
     /// - x: `[tokens, d_model]`
-    /// - output: `[experts, slots, d_model]`
+    /// - output: `[experts, slots, d_model]` (padded) or `[1, rows, d_model]` (packed, rows
+    ///   sorted by expert)
     pub fn dispatch(&self, x: Tensor<2>) -> Tensor<3> {
         let [_, d] = x.dims();
-        let zero = Tensor::zeros([1, d], &x.device());
-        Tensor::cat(vec![x, zero], 0)
-            .select(0, self.slot_token.clone())
-            .reshape([self.experts, self.slots, d])
+        match self.layout {
+            ExpertLayout::Padded => {
+                let zero = Tensor::zeros([1, d], &x.device());
+                Tensor::cat(vec![x, zero], 0)
+                    .select(0, self.slot_token.clone())
+                    .reshape([self.experts, self.slots, d])
+            }
+            ExpertLayout::Packed => x.select(0, self.slot_token.clone()).unsqueeze_dim(0),
+        }
+    }
+
+    /// Runs the experts on dispatched tokens: one batched matmul over the padded blocks, or
+    /// one matmul per expert over its rows of the packed run.
+    ///
+    /// # Shapes
+    /// - x, output: as [`dispatch`](Self::dispatch)'s output
+    pub fn run_experts(&self, experts: &ExpertFfn, x: Tensor<3>) -> Tensor<3> {
+        match self.layout {
+            ExpertLayout::Padded => experts.forward(x),
+            ExpertLayout::Packed => experts
+                .forward_packed(x.squeeze_dim(0), &self.counts)
+                .unsqueeze_dim(0),
+        }
     }
 
     /// Weighs each expert output by its gate and sums each token's assignments.
     ///
     /// # Shapes
-    /// - expert_out: `[experts, slots, d_model]`
+    /// - expert_out: as [`dispatch`](Self::dispatch)'s output
     /// - gates: `[tokens, top_k]`
     /// - output: `[tokens, d_model]` (zero for tokens with no computed assignment)
     pub fn combine(&self, expert_out: Tensor<3>, gates: Tensor<2>) -> Tensor<2> {
         let [_, _, d] = expert_out.dims();
         let device = expert_out.device();
-        let assignments = self.tokens * self.top_k;
-        let gate_per_slot = Tensor::cat(
-            vec![gates.reshape([assignments]), Tensor::zeros([1], &device)],
-            0,
-        )
-        .select(0, self.slot_assignment.clone());
-        let weighted =
-            expert_out.reshape([self.experts * self.slots, d]) * gate_per_slot.unsqueeze_dim(1);
-        // Each real assignment owns one row, so the scatter has no collisions except padding
-        // (zeros onto the spare last row); the per-token sum over k is then a plain reduction,
-        // which keeps the result deterministic on every backend.
-        Tensor::<2>::zeros([assignments + 1, d], &device)
-            .select_assign(
-                0,
-                self.slot_assignment.clone(),
-                weighted,
-                IndexingUpdateOp::Add,
-            )
-            .narrow(0, 0, assignments)
+        let rows = expert_out.dims()[0] * expert_out.dims()[1];
+        // A gather, not a scatter: each assignment reads its own row (dropped ones the zero
+        // row), so the result is deterministic and the per-token sum over k a plain reduction.
+        let zero = Tensor::zeros([1, d], &device);
+        Tensor::cat(vec![expert_out.reshape([rows, d]), zero], 0)
+            .select(0, self.assignment_row.clone())
+            .mul(gates.reshape([self.tokens * self.top_k, 1]))
             .reshape([self.tokens, self.top_k, d])
             .sum_dim(1)
             .reshape([self.tokens, d])

@@ -63,6 +63,31 @@ impl ExpertFfn {
         };
         hidden.matmul(self.w_out.val())
     }
+
+    /// Runs expert `e` on the `counts[e]` rows that follow expert `e - 1`'s.
+    ///
+    /// # Shapes
+    /// - x: `[sum(counts), d_model]`, rows sorted by expert
+    /// - output: `[sum(counts), d_model]`
+    pub fn forward_packed(&self, x: Tensor<2>, counts: &[usize]) -> Tensor<2> {
+        let weight = |p: &Param<Tensor<3>>, e: usize| p.val().narrow(0, e, 1).squeeze_dim::<2>(0);
+        let mut outputs = Vec::new();
+        let mut start = 0;
+        for (e, &rows) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let xe = x.clone().narrow(0, start, rows);
+            let up = xe.clone().matmul(weight(&self.w_in, e));
+            let hidden = match &self.w_gate {
+                Some(gate) => silu(xe.matmul(weight(gate, e))) * up,
+                None => exact_gelu(up),
+            };
+            outputs.push(hidden.matmul(weight(&self.w_out, e)));
+            start += rows;
+        }
+        if outputs.is_empty() {
+            return x; // no rows: nothing to compute
+        }
+        Tensor::cat(outputs, 0)
+    }
 }
 
 /// `x * Phi(x)` with the exact normal CDF, from tensor ops.

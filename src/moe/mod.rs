@@ -10,7 +10,7 @@ mod output;
 mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
-pub use dispatcher::TokenDispatcher;
+pub use dispatcher::{ExpertLayout, TokenDispatcher};
 pub use experts::ExpertFfn;
 pub use layer::Moe;
 pub use output::MoeOutput;

@@ -22,6 +22,9 @@ pub struct EvalReport {
     pub maxvio_batch: Vec<f64>,
     /// Per MoE layer: dropped assignments over used assignments.
     pub drop_rate: Vec<f64>,
+    /// Per MoE layer, per batch: the requested per-expert loads (for what-if capacity checks).
+    #[serde(skip)]
+    pub batch_loads: Vec<Vec<Vec<usize>>>,
 }
 
 impl EvalReport {
@@ -29,6 +32,32 @@ impl EvalReport {
     pub fn mean_maxvio_global(&self) -> f64 {
         self.maxvio_global.iter().sum::<f64>() / self.maxvio_global.len().max(1) as f64
     }
+
+    /// Assignments a capacity of `capacity_factor * k * tokens / m` per expert (one group, as
+    /// in [`RoutingRule::capacity`](crate::routing::RoutingRule::capacity)) would have dropped,
+    /// over all assignments, pooled over the batches and MoE layers of this evaluation.
+    pub fn drop_rate_at(&self, capacity_factor: f64, top_k: usize) -> f64 {
+        let (mut dropped, mut asked) = (0usize, 0usize);
+        for loads in self.batch_loads.iter().flatten() {
+            let assignments: usize = loads.iter().sum();
+            let tokens = assignments / top_k.max(1);
+            let rule = crate::routing::RoutingRule {
+                top_k,
+                capacity_factor: Some(capacity_factor),
+                groups: 1,
+                random_second: false,
+            };
+            let capacity = rule.capacity(tokens, loads.len()).unwrap_or(usize::MAX);
+            dropped += overflow(loads, capacity);
+            asked += assignments;
+        }
+        dropped as f64 / asked.max(1) as f64
+    }
+}
+
+/// Assignments beyond `capacity` per expert: what first-come capacity dropping removes.
+pub fn overflow(loads: &[usize], capacity: usize) -> usize {
+    loads.iter().map(|&c| c.saturating_sub(capacity)).sum()
 }
 
 /// Evaluates `model` (in eval mode: a non-autodiff device) on up to `max_batches` consecutive
@@ -45,6 +74,7 @@ pub fn evaluate(
     let mut trackers = vec![MaxVioTracker::default(); layers];
     let mut asked = vec![0usize; layers];
     let mut dropped = vec![0usize; layers];
+    let mut batch_loads = vec![Vec::new(); layers];
     let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
     for b in data.val_batches(batch, seq_len, max_batches, &device) {
         let [rows, cols] = b.inputs.dims();
@@ -56,6 +86,7 @@ pub fn evaluate(
             trackers[l].record(&m.routing.requested_counts);
             asked[l] += m.routing.requested_counts.iter().sum::<usize>();
             dropped[l] += m.routing.dropped_assignments();
+            batch_loads[l].push(m.routing.requested_counts.clone());
         }
     }
     let loss = loss_sum / tokens.max(1) as f64;
@@ -70,5 +101,6 @@ pub fn evaluate(
             .zip(&dropped)
             .map(|(&a, &d)| d as f64 / a.max(1) as f64)
             .collect(),
+        batch_loads,
     })
 }

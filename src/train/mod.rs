@@ -4,6 +4,7 @@ mod eval;
 mod generate;
 mod run_dir;
 mod schedule;
+pub mod study;
 mod trainer;
 
 pub use eval::{EvalReport, evaluate};

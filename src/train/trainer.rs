@@ -202,6 +202,7 @@ pub fn train(
     let mut last_eval = None;
     while state.step < config.steps {
         let step = state.step + 1;
+        let step_started = Instant::now();
         device.seed(step_seed(config.seed, step));
         let batch = data.train_batch(
             step,
@@ -259,11 +260,13 @@ pub fn train(
         if recent.len() > 10 {
             recent.remove(0);
         }
+        let step_seconds = step_started.elapsed().as_secs_f64();
         let elapsed = started.elapsed().as_secs_f64();
         let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
         progress.step(step, config.steps, ce_value, tps, maxvio);
         metrics.write_lines(&[
-            serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio}),
+            serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio,
+                "seconds": step_seconds}),
         ])?;
 
         interrupted = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));

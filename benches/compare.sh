@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# burn-moe vs PyTorch (CPU), back to back, same shapes and thread count; prints tokens/s and
+# the ratio burn-moe / PyTorch per shape and pass.
+#
+#   bash benches/compare.sh                                   # the default shapes
+#   SHAPES=512:64:2:8192:cap,512:64:2:8192:dropless bash benches/compare.sh
+#   BACKENDS=ndarray,flex,wgpu THREADS=2 bash benches/compare.sh
+#
+# Needs PyTorch for Python 3 (BENCHMARKS.md says how to install the CPU wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHAPES=${SHAPES:-256:16:2:2048:cap,256:16:2:2048:dropless,256:16:2:8192:cap,256:16:2:8192:dropless}
+BACKENDS=${BACKENDS:-ndarray,flex}
+THREADS=${THREADS:-$(nproc)}
+OUT=${OUT:-target/compare}
+# glibc mmaps every large buffer afresh and page-faults it in; `burn-moe` itself turns that off
+# (src/main.rs). MALLOC=tuned (default) applies the same setting to both sides, MALLOC=default
+# leaves glibc as it is, also for both sides.
+if [ "${MALLOC:-tuned}" = tuned ]; then
+    export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+fi
+mkdir -p "$OUT"
+
+python3 -c "import torch" 2>/dev/null || {
+    echo "PyTorch is not installed: pip install torch --index-url https://download.pytorch.org/whl/cpu" >&2
+    exit 1
+}
+
+echo "== burn-moe ($BACKENDS, $THREADS threads, malloc ${MALLOC:-tuned})" >&2
+# Burn's CPU backends parallelise with rayon; PyTorch with its intra-op pool: same count.
+RAYON_NUM_THREADS=$THREADS BURN_MOE_BENCH_SHAPES=$SHAPES BURN_MOE_BENCH_BACKENDS=$BACKENDS \
+    cargo bench --bench moe_layer >"$OUT/burn.log" 2>&1 || { tail -30 "$OUT/burn.log" >&2; exit 1; }
+
+echo "== PyTorch ($THREADS threads)" >&2
+python3 benches/pytorch_reference.py --check >&2
+python3 benches/pytorch_reference.py --threads "$THREADS" --shapes "$SHAPES" >"$OUT/torch.jsonl"
+
+python3 - "$SHAPES" "$BACKENDS" "$OUT/torch.jsonl" <<'EOF'
+import json, sys, pathlib
+shapes, backends, torch_file = sys.argv[1].split(","), sys.argv[2].split(","), sys.argv[3]
+torch = {}
+for line in open(torch_file):
+    r = json.loads(line)
+    torch[(r["shape"], r["pass"], r["form"])] = r["tokens_per_s"]
+def sid(s):
+    d, m, k, n, mode = s.split(":")
+    return f"d{d}-e{m}-k{k}-t{n}-{mode}", int(n)
+def burn(pas, backend, shape):
+    f = pathlib.Path("target/criterion") / f"{pas}_{backend}" / shape / "new" / "estimates.json"
+    if not f.exists():
+        return None
+    return json.loads(f.read_text())["median"]["point_estimate"] / 1e9
+head = f"{'pass':<7} {'shape':<28} {'torch hf-loop':>13} {'torch grouped':>13}"
+for b in backends:
+    head += f" {b:>10} {'ratio':>6}"
+print(head + "    (tokens/s; ratio = burn-moe / best PyTorch)")
+for pas in ("fwd", "fwdbwd"):
+    for s in shapes:
+        shape, tokens = sid(s)
+        loop, grouped = torch.get((shape, pas, "hf-loop")), torch.get((shape, pas, "grouped"))
+        best = max(v for v in (loop, grouped) if v)
+        row = f"{pas:<7} {shape:<28} {loop or 0:>13.0f} {grouped or 0:>13.0f}"
+        for b in backends:
+            t = burn(pas, b, shape)
+            row += f" {tokens / t:>10.0f} {tokens / t / best:>5.2f}x" if t else f" {'-':>10} {'-':>6}"
+        print(row)
+EOF

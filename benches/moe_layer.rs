@@ -1,0 +1,184 @@
+//! MoE layer throughput (tokens/s): forward, and forward + backward, on ndarray, flex and wgpu.
+//!
+//! ```text
+//! cargo bench --bench moe_layer                              # the quick grid
+//! BURN_MOE_BENCH_GRID=full cargo bench --bench moe_layer     # d_model 256/512, experts 8/16/64,
+//!                                                            # top-1/2, 2k-32k tokens, cap/dropless
+//! BURN_MOE_BENCH_SHAPES=512:64:2:8192:cap,256:8:1:2048:dropless cargo bench --bench moe_layer
+//! cargo bench --bench moe_layer -- 'fwd/flex'                # criterion's filter
+//! ```
+//! A shape is `d_model:experts:top_k:tokens:mode`, mode `cap` (capacity factor 1.25) or
+//! `dropless`. Experts are SwiGLU with `d_ff = 2 * d_model`, softmax top-k gates, no balancer.
+//! `BURN_MOE_BENCH_BACKENDS=ndarray,flex` limits the backends. `benches/compare.sh` runs the
+//! same shapes in PyTorch and prints the ratios.
+//!
+//! Each iteration ends by reading a scalar back to the host (the output's sum, or the sum of the
+//! expert weights' gradient), so lazy backends finish their work inside the timed region.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+
+use burn_moe::device::probe_wgpu_adapter;
+use burn_moe::{BackendKind, Moe, MoeConfig};
+
+mod common;
+use common::bench_input;
+
+/// One benchmarked layer shape.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    d_model: usize,
+    experts: usize,
+    top_k: usize,
+    tokens: usize,
+    dropless: bool,
+}
+
+impl Shape {
+    fn parse(s: &str) -> Shape {
+        let f: Vec<&str> = s.trim().split(':').collect();
+        let num = |i: usize| -> usize {
+            f.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                panic!("bad shape `{s}`: expected d_model:experts:top_k:tokens:cap|dropless")
+            })
+        };
+        let dropless = match f.get(4) {
+            Some(&"cap") => false,
+            Some(&"dropless") => true,
+            _ => panic!("bad shape `{s}`: mode must be cap or dropless"),
+        };
+        Shape {
+            d_model: num(0),
+            experts: num(1),
+            top_k: num(2),
+            tokens: num(3),
+            dropless,
+        }
+    }
+
+    fn id(&self) -> String {
+        format!(
+            "d{}-e{}-k{}-t{}-{}",
+            self.d_model,
+            self.experts,
+            self.top_k,
+            self.tokens,
+            if self.dropless { "dropless" } else { "cap" }
+        )
+    }
+
+    fn config(&self) -> MoeConfig {
+        MoeConfig::new(self.d_model, 2 * self.d_model, self.experts)
+            .with_top_k(self.top_k)
+            .with_capacity_factor((!self.dropless).then_some(1.25))
+    }
+}
+
+fn shapes() -> Vec<Shape> {
+    if let Ok(list) = std::env::var("BURN_MOE_BENCH_SHAPES") {
+        return list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(Shape::parse)
+            .collect();
+    }
+    let full = std::env::var("BURN_MOE_BENCH_GRID").is_ok_and(|g| g == "full");
+    let mut out = Vec::new();
+    let (dims, experts, ks, tokens): (&[usize], &[usize], &[usize], &[usize]) = if full {
+        (&[256, 512], &[8, 16, 64], &[1, 2], &[2048, 8192, 32768])
+    } else {
+        (&[256], &[16], &[2], &[2048, 8192])
+    };
+    for &d_model in dims {
+        for &e in experts {
+            for &top_k in ks {
+                for &t in tokens {
+                    for dropless in [false, true] {
+                        out.push(Shape {
+                            d_model,
+                            experts: e,
+                            top_k,
+                            tokens: t,
+                            dropless,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn backends() -> Vec<BackendKind> {
+    let wanted = std::env::var("BURN_MOE_BENCH_BACKENDS").unwrap_or_default();
+    BackendKind::ALL
+        .into_iter()
+        .filter(|b| wanted.is_empty() || wanted.split(',').any(|w| w == b.to_string()))
+        .filter(|b| *b != BackendKind::Wgpu || probe_wgpu_adapter().is_ok())
+        .collect()
+}
+
+fn input(shape: &Shape, device: &Device) -> Tensor<3> {
+    let x = bench_input(shape.tokens, shape.d_model);
+    Tensor::from_data(TensorData::new(x, [1, shape.tokens, shape.d_model]), device)
+}
+
+fn layer(shape: &Shape, device: &Device) -> Moe {
+    device.seed(1);
+    shape.config().init(device).expect("valid bench config")
+}
+
+fn forward(moe: &Moe, x: &Tensor<3>) -> f32 {
+    let out = moe.forward(x.clone()).expect("forward");
+    out.output.sum().into_scalar::<f32>()
+}
+
+fn forward_backward(moe: &Moe, x: &Tensor<3>) -> f32 {
+    let out = moe.forward(x.clone()).expect("forward");
+    let grads = out.output.sum().backward();
+    moe.experts
+        .w_out
+        .val()
+        .grad(&grads)
+        .expect("expert weights get a gradient")
+        .sum()
+        .into_scalar::<f32>()
+}
+
+fn bench(c: &mut Criterion) {
+    let shapes = shapes();
+    for backend in backends() {
+        for (pass, autodiff) in [("fwd", false), ("fwdbwd", true)] {
+            let mut group = c.benchmark_group(format!("{pass}/{backend}"));
+            group
+                .sampling_mode(SamplingMode::Flat)
+                .sample_size(10)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(3));
+            for shape in &shapes {
+                group.throughput(Throughput::Elements(shape.tokens as u64));
+                group.bench_function(BenchmarkId::from_parameter(shape.id()), |b| {
+                    // Built here, so shapes left out by a filter cost nothing.
+                    let device = backend.device(autodiff).expect("device");
+                    let moe = layer(shape, &device);
+                    let x = input(shape, &device);
+                    let x = if autodiff { x.require_grad() } else { x };
+                    if autodiff {
+                        b.iter(|| black_box(forward_backward(&moe, &x)));
+                    } else {
+                        b.iter(|| black_box(forward(&moe, &x)));
+                    }
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,187 @@
+//! `burn-moe study`: the same model trained once per balancer, compared in one table and two
+//! charts.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use burn_moe::BackendKind;
+use burn_moe::balance::BalancerConfig;
+use burn_moe::checkpoint::write_bytes_atomic;
+use burn_moe::model::Preset;
+use burn_moe::telemetry::plots::{LineChart, Series, line_chart};
+use burn_moe::train::study::{StudyConfig, StudyReport, moving_average, run_study};
+use burn_moe::train::{RunManifest, TrainConfig};
+
+use super::train::{Bar, describe_backend};
+
+/// Options of `burn-moe study`.
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Text file to train on (UTF-8); default: the embedded generated corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training steps of every run.
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    /// Balancers to compare (names as in `train --balancer`).
+    #[arg(long, value_delimiter = ',', default_value = "none,aux,loss-free,bip")]
+    pub balancers: Vec<String>,
+    /// Model size: tiny or small.
+    #[arg(long, default_value = "small")]
+    pub preset: Preset,
+    /// Routed experts per MoE layer (default: the preset's).
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Experts per token (default: the preset's).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Study directory: one run directory per balancer, the table and the charts.
+    #[arg(long, default_value = "runs/study")]
+    pub out: PathBuf,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Seed shared by every run (weights, data order, random draws).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Validate every N steps (the resolution of "steps to target").
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u64,
+    /// Validation batches of the final evaluation.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batches: usize,
+    /// Target validation loss for "steps to target" (default: the worst final validation
+    /// loss of the study, which every run reaches).
+    #[arg(long)]
+    pub target_loss: Option<f64>,
+    /// Capacity factors at which to report drop rates.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 1.25])]
+    pub capacity_factors: Vec<f64>,
+    /// Retrain runs already complete in the study directory (default: reuse them).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Skip the charts.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// Print only the JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const MAXVIO_STEPS: [u64; 3] = [1, 10, 100];
+
+pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
+    let device = args.backend.device(false)?;
+    let mut model = args.preset.config(args.seq_len.max(64));
+    model.moe.num_experts = args.experts.unwrap_or(model.moe.num_experts);
+    model.moe.top_k = args.top_k.unwrap_or(model.moe.top_k);
+    model.validate()?;
+    let train = TrainConfig::new()
+        .with_steps(args.steps)
+        .with_batch_size(args.batch_size)
+        .with_seq_len(args.seq_len)
+        .with_lr(args.lr)
+        .with_seed(args.seed)
+        .with_eval_every(args.eval_every)
+        .with_checkpoint_every(args.steps.div_ceil(4).max(1));
+    train.validate()?;
+    let balancers = args
+        .balancers
+        .iter()
+        .map(|n| Ok((n.clone(), n.parse::<BalancerConfig>()?)))
+        .collect::<burn_moe::Result<Vec<_>>>()?;
+    let config = StudyConfig {
+        base: RunManifest {
+            model,
+            train,
+            data: args.data.clone(),
+        },
+        balancers,
+        eval_batches: args.eval_batches,
+        capacity_factors: args.capacity_factors.clone(),
+        target_loss: args.target_loss,
+        maxvio_steps: MAXVIO_STEPS.to_vec(),
+        fresh: args.fresh,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let mut bar = Bar::new(args.json);
+    if !args.json {
+        eprintln!(
+            "study of {} balancers, {} steps each, on {} ({}), in {}",
+            config.balancers.len(),
+            args.steps,
+            args.backend,
+            describe_backend(args.backend),
+            args.out.display()
+        );
+    }
+    let report = run_study(&args.out, &config, &device, &mut bar)?;
+    bar.finish();
+
+    let table = report.markdown(&MAXVIO_STEPS, &args.capacity_factors);
+    let json = serde_json::to_string_pretty(&report)?;
+    write_bytes_atomic(&args.out.join("study.md"), table.as_bytes())?;
+    write_bytes_atomic(&args.out.join("study.json"), json.as_bytes())?;
+    let charts = if args.no_plots {
+        Vec::new()
+    } else {
+        draw(&args.out, &report)?
+    };
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{table}");
+        println!("written: {}", args.out.join("study.md").display());
+        for c in charts {
+            println!("chart: {}", c.display());
+        }
+    }
+    Ok(())
+}
+
+/// MaxVio over steps (log scale) and validation loss over steps, one line per balancer.
+fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathBuf>> {
+    let maxvio = LineChart {
+        title: "MaxVio per training batch (25-step mean, mean over MoE layers)".into(),
+        x_label: "step".into(),
+        y_label: "MaxVio".into(),
+        series: report
+            .results
+            .iter()
+            .map(|r| Series {
+                label: r.name.clone(),
+                points: moving_average(&r.maxvio, 25),
+            })
+            .collect(),
+        marker: None,
+        log_y: true,
+    };
+    let loss = LineChart {
+        title: "Validation loss".into(),
+        x_label: "step".into(),
+        y_label: "cross-entropy (nats)".into(),
+        series: report
+            .results
+            .iter()
+            .map(|r| Series {
+                label: r.name.clone(),
+                points: r.val_curve.iter().map(|&(s, l)| (s as f64, l)).collect(),
+            })
+            .collect(),
+        marker: None,
+        log_y: false,
+    };
+    let mut files = line_chart(&out.join("maxvio"), &maxvio)?;
+    files.extend(line_chart(&out.join("val_loss"), &loss)?);
+    Ok(files)
+}

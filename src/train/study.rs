@@ -1,0 +1,413 @@
+//! The balancer study: one model trained once per balancer — same seed, data order and step
+//! count — then compared on quality (validation loss), balance (MaxVio) and speed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::balance::{BalancerConfig, BalancerSummary};
+use crate::data::TextData;
+use crate::error::{MoeError, Result};
+use crate::train::{Progress, RunDir, RunManifest, TrainStart, evaluate, train};
+
+/// What the study runs.
+#[derive(Debug, Clone)]
+pub struct StudyConfig {
+    /// The run every balancer shares; its `model.moe.balancer` is replaced per run.
+    pub base: RunManifest,
+    /// `(name, balancer)` pairs; `name` is also the run directory under the study directory.
+    pub balancers: Vec<(String, BalancerConfig)>,
+    /// Validation batches of the final evaluation (MaxVio_global, drop rates).
+    pub eval_batches: usize,
+    /// Capacity factors at which to report the drop rate a capacity limit would cause.
+    pub capacity_factors: Vec<f64>,
+    /// Validation loss for "steps to target"; `None`: the worst final validation loss of the
+    /// study, the loosest level every run reaches.
+    pub target_loss: Option<f64>,
+    /// Steps at which MaxVio is reported.
+    pub maxvio_steps: Vec<u64>,
+    /// Retrain runs that are already complete instead of reusing them.
+    pub fresh: bool,
+}
+
+/// One balancer's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct BalancerResult {
+    /// Run name (the balancer's name on the command line).
+    pub name: String,
+    /// The balancer with its parameters.
+    pub balancer: String,
+    /// Steps trained.
+    pub steps: u64,
+    /// Validation cross-entropy after the last step (the final evaluation's batches).
+    pub val_loss: f64,
+    /// `exp(val_loss)`.
+    pub val_ppl: f64,
+    /// Mean over training steps of the per-batch MaxVio (averaged over MoE layers).
+    pub avg_maxvio: f64,
+    /// Largest per-batch MaxVio over training.
+    pub sup_maxvio: f64,
+    /// `(step, MaxVio)` at the requested steps.
+    pub maxvio_at: Vec<(u64, f64)>,
+    /// MaxVio of the loads summed over the validation set, averaged over MoE layers.
+    pub maxvio_global: f64,
+    /// `(capacity factor, drop rate)`: assignments a capacity limit would drop on validation.
+    pub drop_rate: Vec<(f64, f64)>,
+    /// Seconds of training (including the periodic evaluations and checkpoints).
+    pub wall_seconds: f64,
+    /// Training tokens per second.
+    pub tokens_per_s: f64,
+    /// Median seconds of one training step (forward, backward, optimizer, balancer update);
+    /// robust to the odd slow step when the machine is shared.
+    pub median_step_seconds: f64,
+    /// First evaluation step whose validation loss is at or below the study's target.
+    pub steps_to_target: Option<u64>,
+    /// `steps_to_target * median_step_seconds`.
+    pub seconds_to_target: Option<f64>,
+    /// Per-step training loss.
+    #[serde(skip)]
+    pub train_loss: Vec<(u64, f64)>,
+    /// Per-step MaxVio.
+    #[serde(skip)]
+    pub maxvio: Vec<(u64, f64)>,
+    /// Validation loss at each evaluation.
+    #[serde(skip)]
+    pub val_curve: Vec<(u64, f64)>,
+}
+
+/// The whole study.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyReport {
+    /// Validation loss used for `steps_to_target`.
+    pub target_loss: f64,
+    /// One entry per balancer, in the order asked.
+    pub results: Vec<BalancerResult>,
+}
+
+/// The per-step records of a run's `metrics.jsonl`; a resumed run may repeat steps, and the
+/// later record wins.
+struct Curves {
+    train_loss: BTreeMap<u64, f64>,
+    maxvio: BTreeMap<u64, f64>,
+    val_loss: BTreeMap<u64, f64>,
+    step_seconds: BTreeMap<u64, f64>,
+}
+
+fn read_curves(path: &Path) -> Result<Curves> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| MoeError::Io(format!("reading {}: {e}", path.display())))?;
+    let mut curves = Curves {
+        train_loss: BTreeMap::new(),
+        maxvio: BTreeMap::new(),
+        val_loss: BTreeMap::new(),
+        step_seconds: BTreeMap::new(),
+    };
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| MoeError::Io(format!("parsing {} line {}: {e}", path.display(), n + 1)))?;
+        let Some(step) = v["step"].as_u64() else {
+            continue;
+        };
+        for (key, map) in [
+            ("train_loss", &mut curves.train_loss),
+            ("maxvio", &mut curves.maxvio),
+            ("val_loss", &mut curves.val_loss),
+            ("seconds", &mut curves.step_seconds),
+        ] {
+            if let Some(x) = v[key].as_f64() {
+                map.insert(step, x);
+            }
+        }
+    }
+    Ok(curves)
+}
+
+fn same_run(a: &RunManifest, b: &RunManifest) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+/// Trains (or reuses) the run of one balancer and returns its finished run directory.
+fn train_one(
+    dir: &Path,
+    manifest: RunManifest,
+    device: &Device,
+    fresh: bool,
+    progress: &mut dyn Progress,
+) -> Result<RunDir> {
+    if !fresh && dir.join("run.json").exists() {
+        let run = RunDir::open(dir)?;
+        let existing = run.manifest()?;
+        if !same_run(&existing, &manifest) {
+            return Err(MoeError::Config(format!(
+                "{} holds a different run (other model, data or settings); pass --fresh to \
+                 replace it or choose another --out",
+                dir.display()
+            )));
+        }
+        if run.latest_checkpoint().is_ok() {
+            let (_, state) = run.load_model(device)?;
+            if state.step >= manifest.train.steps {
+                progress.message(&format!(
+                    "{}: complete ({} steps), reusing it",
+                    dir.display(),
+                    state.step
+                ));
+            } else {
+                train(
+                    &run,
+                    TrainStart::Resume { steps: None },
+                    device,
+                    None,
+                    progress,
+                )?;
+            }
+            return Ok(run);
+        }
+        // No checkpoint yet: start over.
+    }
+    let run = RunDir::create(dir)?;
+    train(
+        &run,
+        TrainStart::Fresh(Box::new(manifest)),
+        device,
+        None,
+        progress,
+    )?;
+    Ok(run)
+}
+
+/// Runs the study in `out` (one run directory per balancer) on `device`.
+pub fn run_study(
+    out: &Path,
+    config: &StudyConfig,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<StudyReport> {
+    if config.balancers.is_empty() {
+        return Err(MoeError::Config(
+            "the study needs at least one balancer".into(),
+        ));
+    }
+    for (i, (name, b)) in config.balancers.iter().enumerate() {
+        b.validate()?;
+        if config.balancers[..i].iter().any(|(n, _)| n == name) {
+            return Err(MoeError::Config(format!(
+                "balancer `{name}` is listed twice"
+            )));
+        }
+    }
+    if let Some(cf) = config
+        .capacity_factors
+        .iter()
+        .find(|cf| !(cf.is_finite() && **cf > 0.0))
+    {
+        return Err(MoeError::Config(format!(
+            "capacity factors must be finite and > 0, got {cf}"
+        )));
+    }
+    let data = TextData::from_file_or_default(config.base.data.as_deref(), config.base.train.seed)?;
+    let train_cfg = &config.base.train;
+    let top_k = config.base.model.moe.top_k;
+    let mut results = Vec::new();
+    for (i, (name, balancer)) in config.balancers.iter().enumerate() {
+        progress.message(&format!(
+            "[{}/{}] {name}: {}",
+            i + 1,
+            config.balancers.len(),
+            BalancerSummary(balancer)
+        ));
+        let mut manifest = config.base.clone();
+        manifest.model.moe.balancer = balancer.clone();
+        let dir: PathBuf = out.join(name);
+        let run = train_one(&dir, manifest, device, config.fresh, progress)?;
+
+        let (model, state) = run.load_model(device)?;
+        let eval = evaluate(
+            &model.valid(),
+            &data,
+            train_cfg.batch_size,
+            train_cfg.seq_len,
+            config.eval_batches,
+        )?;
+        let curves = read_curves(&run.metrics_path())?;
+        let maxvio: Vec<(u64, f64)> = curves.maxvio.into_iter().collect();
+        let values = || maxvio.iter().map(|&(_, v)| v);
+        let result = BalancerResult {
+            name: name.clone(),
+            balancer: BalancerSummary(balancer).to_string(),
+            steps: state.step,
+            val_loss: eval.loss,
+            val_ppl: eval.perplexity,
+            avg_maxvio: values().sum::<f64>() / maxvio.len().max(1) as f64,
+            sup_maxvio: values().fold(0.0, f64::max),
+            maxvio_at: config
+                .maxvio_steps
+                .iter()
+                .filter_map(|&s| maxvio.iter().find(|&&(t, _)| t == s).copied())
+                .collect(),
+            maxvio_global: eval.mean_maxvio_global(),
+            drop_rate: config
+                .capacity_factors
+                .iter()
+                .map(|&cf| (cf, eval.drop_rate_at(cf, top_k)))
+                .collect(),
+            wall_seconds: state.train_seconds,
+            tokens_per_s: state.tokens_seen as f64 / state.train_seconds.max(1e-9),
+            median_step_seconds: median(curves.step_seconds.values().copied().collect()),
+            steps_to_target: None,
+            seconds_to_target: None,
+            train_loss: curves.train_loss.into_iter().collect(),
+            maxvio,
+            val_curve: curves.val_loss.into_iter().collect(),
+        };
+        progress.message(&format!(
+            "{name}: val loss {:.4} (ppl {:.3}), AvgMaxVio {:.3}, MaxVio_global {:.3}, {:.0} s",
+            result.val_loss,
+            result.val_ppl,
+            result.avg_maxvio,
+            result.maxvio_global,
+            result.wall_seconds
+        ));
+        results.push(result);
+    }
+    let target_loss = config.target_loss.unwrap_or_else(|| {
+        results
+            .iter()
+            .filter_map(|r| r.val_curve.last().map(|&(_, l)| l))
+            .fold(f64::NEG_INFINITY, f64::max)
+    });
+    for r in &mut results {
+        r.steps_to_target = r
+            .val_curve
+            .iter()
+            .find(|&&(_, l)| l <= target_loss)
+            .map(|&(s, _)| s);
+        r.seconds_to_target = r.steps_to_target.map(|s| s as f64 * r.median_step_seconds);
+    }
+    Ok(StudyReport {
+        target_loss,
+        results,
+    })
+}
+
+impl StudyReport {
+    /// The comparison as a Markdown table.
+    pub fn markdown(&self, maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
+        let mut head = String::from("| balancer | val loss | val ppl | AvgMaxVio | SupMaxVio |");
+        for s in maxvio_steps {
+            head += &format!(" MaxVio@{s} |");
+        }
+        head += " MaxVio_global |";
+        for cf in capacity_factors {
+            head += &format!(" drop@cf{cf:.2} |");
+        }
+        head += &format!(
+            " wall s | median step ms | steps (s) to val {:.3} |\n",
+            self.target_loss
+        );
+        let cols = head.matches('|').count() - 1;
+        let mut md = head;
+        md += &format!("|{}\n", "---|".repeat(cols));
+        for r in &self.results {
+            md += &format!(
+                "| {} | {:.4} | {:.3} | {:.3} | {:.3} |",
+                r.name, r.val_loss, r.val_ppl, r.avg_maxvio, r.sup_maxvio
+            );
+            for s in maxvio_steps {
+                match r.maxvio_at.iter().find(|(t, _)| t == s) {
+                    Some((_, v)) => md += &format!(" {v:.3} |"),
+                    None => md += " - |",
+                }
+            }
+            md += &format!(" {:.3} |", r.maxvio_global);
+            for (_, d) in &r.drop_rate {
+                md += &format!(" {:.2}% |", 100.0 * d);
+            }
+            md += &format!(
+                " {:.0} | {:.1} |",
+                r.wall_seconds,
+                1e3 * r.median_step_seconds
+            );
+            match (r.steps_to_target, r.seconds_to_target) {
+                (Some(s), Some(t)) => md += &format!(" {s} ({t:.0}) |\n"),
+                _ => md += " not reached |\n",
+            }
+        }
+        md
+    }
+}
+
+/// Median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        0.5 * (values[mid - 1] + values[mid])
+    }
+}
+
+/// Mean of the trailing `window` values at each point: readable curves from noisy steps.
+pub fn moving_average(points: &[(u64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let window = window.max(1);
+    let mut sum = 0.0;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(step, v))| {
+            sum += v;
+            if i >= window {
+                sum -= points[i - window].1;
+            }
+            (step as f64, sum / (i + 1).min(window) as f64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_matches_a_plain_loop() {
+        let pts: Vec<(u64, f64)> = (1..=20).map(|s| (s, ((s * 7) % 5) as f64)).collect();
+        for w in [1, 3, 8, 50] {
+            let got = moving_average(&pts, w);
+            for (i, &(x, y)) in got.iter().enumerate() {
+                let lo = (i + 1).saturating_sub(w);
+                let want = pts[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64;
+                assert_eq!(x, pts[i].0 as f64);
+                assert!((y - want).abs() < 1e-12, "w {w} i {i}: {y} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn later_records_win_and_val_lines_are_separate() {
+        let path = std::env::temp_dir().join(format!("burn-moe-curves-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"step\":1,\"train_loss\":5.0,\"maxvio\":2.0}\n\
+             {\"step\":2,\"train_loss\":4.0,\"maxvio\":1.0}\n\
+             {\"step\":2,\"val_loss\":4.5,\"val_ppl\":90.0}\n\
+             {\"step\":2,\"train_loss\":3.9,\"maxvio\":0.9}\n",
+        )
+        .unwrap();
+        let c = read_curves(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(c.train_loss.get(&2), Some(&3.9));
+        assert_eq!(c.maxvio.get(&1), Some(&2.0));
+        assert_eq!(c.val_loss.len(), 1);
+    }
+}
