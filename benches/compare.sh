@@ -5,6 +5,7 @@
 #   bash benches/compare.sh                                   # the default shapes
 #   SHAPES=512:64:2:8192:cap,512:64:2:8192:dropless bash benches/compare.sh
 #   BACKENDS=ndarray,flex,wgpu THREADS=2 bash benches/compare.sh
+#   REUSE_TORCH=1 FILTER=fwdbwd bash benches/compare.sh     # rerun one side only
 #
 # Needs PyTorch for Python 3 (BENCHMARKS.md says how to install the CPU wheel).
 set -euo pipefail
@@ -30,11 +31,15 @@ python3 -c "import torch" 2>/dev/null || {
 echo "== burn-moe ($BACKENDS, $THREADS threads, malloc ${MALLOC:-tuned})" >&2
 # Burn's CPU backends parallelise with rayon; PyTorch with its intra-op pool: same count.
 RAYON_NUM_THREADS=$THREADS BURN_MOE_BENCH_SHAPES=$SHAPES BURN_MOE_BENCH_BACKENDS=$BACKENDS \
-    cargo bench --bench moe_layer >"$OUT/burn.log" 2>&1 || { tail -30 "$OUT/burn.log" >&2; exit 1; }
+    cargo bench --bench moe_layer -- ${FILTER:-} >"$OUT/burn.log" 2>&1 || { tail -30 "$OUT/burn.log" >&2; exit 1; }
 
-echo "== PyTorch ($THREADS threads)" >&2
-python3 benches/pytorch_reference.py --check >&2
-python3 benches/pytorch_reference.py --threads "$THREADS" --shapes "$SHAPES" >"$OUT/torch.jsonl"
+if [ -n "${REUSE_TORCH:-}" ] && [ -s "$OUT/torch.jsonl" ]; then
+    echo "== PyTorch: reusing $OUT/torch.jsonl" >&2
+else
+    echo "== PyTorch ($THREADS threads)" >&2
+    python3 benches/pytorch_reference.py --check >&2
+    python3 benches/pytorch_reference.py --threads "$THREADS" --shapes "$SHAPES" >"$OUT/torch.jsonl"
+fi
 
 python3 - "$SHAPES" "$BACKENDS" "$OUT/torch.jsonl" <<'EOF'
 import json, sys, pathlib

@@ -1,6 +1,6 @@
 //! Where a MoE layer's time goes, per backend, for one shape: the four stages (route,
 //! dispatch, experts, combine) of an inference forward, and the routing share of a training
-//! forward for each balancer.
+//! step (forward + backward) for each balancer.
 //!
 //! `cargo bench --bench moe_forward` (options: `-- --tokens N --experts M --d-model D --top-k K
 //! --reps R --backends ndarray,flex,wgpu --balancers none,aux,loss-free,bip`).
@@ -133,7 +133,8 @@ fn main() {
             );
             let sum = route + dispatch + experts_ms + combine;
             let cell = |ms: f64| format!("{ms:8.1} ({:4.1}%)", 100.0 * ms / sum);
-            let as_built = layout == ExpertLayout::for_device(&device);
+            let as_built =
+                layout == ExpertLayout::choose(&device, tokens * top_k, experts, d_model);
             println!(
                 "{:<16} {:>15} {:>15} {:>15} {:>15} {:>10.1} {:>10}",
                 format!("{backend} {layout:?}"),
@@ -152,8 +153,8 @@ fn main() {
     }
 
     println!(
-        "\ntraining forward (autodiff device: balancer state updates, loss terms), routing share\n{:<8} {:<10} {:>12} {:>12} {:>9}",
-        "backend", "balancer", "route ms", "forward ms", "route %"
+        "\ntraining step (forward + backward on an autodiff device), routing share: scores, top-k,\nhistograms and the balancer's update or loss term\n{:<8} {:<10} {:>12} {:>12} {:>9}",
+        "backend", "balancer", "route ms", "fwd+bwd ms", "route %"
     );
     for &backend in &chosen {
         let device: Device = backend.device(true).expect("device");
@@ -182,10 +183,13 @@ fn main() {
             let forward = median_ms(
                 || {
                     let out = moe.forward(input()).expect("forward");
-                    black_box(scalar(out.output));
+                    let mut loss = out.output.sum();
                     if let Some(l) = out.balance_loss {
-                        black_box(scalar(l));
+                        loss = loss + l;
                     }
+                    let grads = loss.backward();
+                    let g = moe.experts.w_out.val().grad(&grads).expect("gradient");
+                    black_box(scalar(g));
                 },
                 reps,
             );

@@ -61,12 +61,18 @@ impl Moe {
     /// Wrong width, an empty batch, a token count the groups do not divide, or NaN/Inf in the
     /// router logits.
     pub fn forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
-        let layout = ExpertLayout::for_device(&x.device());
+        let [batch, seq, _] = x.dims();
+        let layout = ExpertLayout::choose(
+            &x.device(),
+            batch * seq * self.config.top_k,
+            self.config.num_experts,
+            self.config.d_model,
+        );
         self.forward_with_layout(x, layout)
     }
 
     /// [`forward`](Self::forward) with the experts' token layout chosen by the caller instead
-    /// of by the device (packed on CPUs, padded on GPUs). Both compute the same function.
+    /// of by [`ExpertLayout::choose`]. Both compute the same function.
     pub fn forward_with_layout(&self, x: Tensor<3>, layout: ExpertLayout) -> Result<MoeOutput> {
         let training = x.device().is_autodiff();
         let [batch, seq, d_model] = x.dims();
