@@ -10,17 +10,16 @@ use burn_moe::balance::BalancerConfig;
 use burn_moe::checkpoint::write_bytes_atomic;
 use burn_moe::model::Preset;
 use burn_moe::telemetry::plots::{LineChart, Series, line_chart};
+use burn_moe::train::RunManifest;
 use burn_moe::train::study::{StudyConfig, StudyReport, moving_average, run_study};
-use burn_moe::train::{RunManifest, TrainConfig};
 
-use super::train::{Bar, describe_backend};
+use super::train::{Bar, RunArgs, describe_backend};
 
 /// Options of `burn-moe study`.
 #[derive(Debug, Args)]
 pub struct StudyArgs {
-    /// Text file to train on (UTF-8); default: the embedded generated corpus.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Training steps of every run.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
@@ -30,30 +29,12 @@ pub struct StudyArgs {
     /// Model size: tiny or small.
     #[arg(long, default_value = "small")]
     pub preset: Preset,
-    /// Routed experts per MoE layer (default: the preset's).
-    #[arg(long)]
-    pub experts: Option<usize>,
-    /// Experts per token (default: the preset's).
-    #[arg(long)]
-    pub top_k: Option<usize>,
     /// Backend: wgpu (any GPU), ndarray or flex (CPU).
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
     /// Study directory: one run directory per balancer, the table and the charts.
     #[arg(long, default_value = "runs/study")]
     pub out: PathBuf,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq_len: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Seed shared by every run (weights, data order, random draws).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Validate every N steps (the resolution of "steps to target").
     #[arg(long, default_value_t = 50)]
     pub eval_every: u64,
@@ -82,16 +63,11 @@ const MAXVIO_STEPS: [u64; 3] = [1, 10, 100];
 
 pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     let device = args.backend.device(false)?;
-    let mut model = args.preset.config(args.seq_len.max(64));
-    model.moe.num_experts = args.experts.unwrap_or(model.moe.num_experts);
-    model.moe.top_k = args.top_k.unwrap_or(model.moe.top_k);
+    let model = args.run.model(args.preset);
     model.validate()?;
-    let train = TrainConfig::new()
-        .with_steps(args.steps)
-        .with_batch_size(args.batch_size)
-        .with_seq_len(args.seq_len)
-        .with_lr(args.lr)
-        .with_seed(args.seed)
+    let train = args
+        .run
+        .train(args.steps)
         .with_eval_every(args.eval_every)
         .with_checkpoint_every(args.steps.div_ceil(4).max(1));
     train.validate()?;
@@ -104,7 +80,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         base: RunManifest {
             model,
             train,
-            data: args.data.clone(),
+            data: args.run.data.clone(),
         },
         balancers,
         eval_batches: args.eval_batches,

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use burn_moe::BackendKind;
 use burn_moe::balance::BalancerConfig;
 use burn_moe::data::TextData;
-use burn_moe::model::Preset;
+use burn_moe::model::{MoeLmConfig, Preset};
 use burn_moe::train::{
     Progress, RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, evaluate, generate,
     train,
@@ -28,9 +28,8 @@ pub struct TrainArgs {
     /// Model size: tiny or small.
     #[arg(long, default_value = "tiny")]
     pub preset: Preset,
-    /// Text file to train on (UTF-8); default: the embedded generated corpus.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Run directory for checkpoints, trace and metrics.
     #[arg(long, default_value = "runs/moe-lm")]
     pub out: PathBuf,
@@ -41,27 +40,6 @@ pub struct TrainArgs {
     /// Total training steps.
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq_len: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Warmup steps.
-    #[arg(long, default_value_t = 20)]
-    pub warmup: u64,
-    /// Seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Routed experts per MoE layer (default: the preset's).
-    #[arg(long)]
-    pub experts: Option<usize>,
-    /// Experts per token (default: the preset's).
-    #[arg(long)]
-    pub top_k: Option<usize>,
     /// Transformer blocks (default: the preset's).
     #[arg(long)]
     pub layers: Option<usize>,
@@ -90,6 +68,56 @@ pub struct TrainArgs {
     /// Print only a final JSON summary line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Data, batch and model-shape options shared by `train` and `study`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Text file to train on (UTF-8); default: the embedded generated corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Seed of the weights, the data order and every random draw.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Routed experts per MoE layer (default: the preset's).
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Experts per token (default: the preset's).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+}
+
+impl RunArgs {
+    /// The preset's model with the expert count and top-k overridden where given.
+    pub(super) fn model(&self, preset: Preset) -> MoeLmConfig {
+        let mut model = preset.config(self.seq_len.max(64));
+        model.moe.num_experts = self.experts.unwrap_or(model.moe.num_experts);
+        model.moe.top_k = self.top_k.unwrap_or(model.moe.top_k);
+        model
+    }
+
+    /// Training settings of these options for `steps` steps.
+    pub(super) fn train(&self, steps: u64) -> TrainConfig {
+        TrainConfig::new()
+            .with_steps(steps)
+            .with_batch_size(self.batch_size)
+            .with_seq_len(self.seq_len)
+            .with_lr(self.lr)
+            .with_warmup_steps(self.warmup)
+            .with_seed(self.seed)
+    }
 }
 
 /// Progress: a bar on a terminal, plain lines otherwise, nothing with `--json`.
@@ -171,28 +199,22 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             TrainStart::Resume { steps: args.steps },
         ),
         None => {
-            let mut model = args.preset.config(args.seq_len.max(64));
-            model.moe.num_experts = args.experts.unwrap_or(model.moe.num_experts);
-            model.moe.top_k = args.top_k.unwrap_or(model.moe.top_k);
+            let mut model = args.run.model(args.preset);
             model.n_layers = args.layers.unwrap_or(model.n_layers);
             model.moe.capacity_factor = args.capacity_factor;
             model.moe.balancer = args.balancer.clone();
             model.moe.z_loss_weight = args.z_loss;
             model.moe_every = args.moe_every;
             model.dense_first = args.dense_first;
-            let train = TrainConfig::new()
-                .with_steps(args.steps.unwrap_or(200))
-                .with_batch_size(args.batch_size)
-                .with_seq_len(args.seq_len)
-                .with_lr(args.lr)
-                .with_warmup_steps(args.warmup)
-                .with_seed(args.seed)
+            let train = args
+                .run
+                .train(args.steps.unwrap_or(200))
                 .with_eval_every(args.eval_every)
                 .with_checkpoint_every(args.checkpoint_every);
             let manifest = RunManifest {
                 model,
                 train,
-                data: args.data.clone(),
+                data: args.run.data.clone(),
             };
             (
                 RunDir::create(&args.out)?,
