@@ -20,8 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model,
         train: train_config.clone(),
         data: None,
+        data_digest: None,
     };
-    let dir = RunDir::create(std::path::Path::new("runs/example-cpu"))?;
+    let dir = RunDir::create(std::path::Path::new("runs/example-cpu"))?.with_overwrite(true);
     let summary = train(
         &dir,
         TrainStart::Fresh(Box::new(manifest)),

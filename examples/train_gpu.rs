@@ -21,8 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model: Preset::Tiny.config(64),
         train: TrainConfig::new().with_steps(steps).with_eval_every(50),
         data: None,
+        data_digest: None,
     };
-    let dir = RunDir::create(std::path::Path::new("runs/example-gpu"))?;
+    let dir = RunDir::create(std::path::Path::new("runs/example-gpu"))?.with_overwrite(true);
     let summary = train(
         &dir,
         TrainStart::Fresh(Box::new(manifest)),

@@ -56,3 +56,59 @@ pub fn load_module<M: Module>(module: M, path: &Path) -> Result<M> {
         ))
     })
 }
+
+/// Size and SHA-256 of a file: what a checkpoint records of each of its files, and what a run
+/// records of its data file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileDigest {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the contents, lowercase hex.
+    pub sha256: String,
+}
+
+impl FileDigest {
+    /// Reads `path` and digests it.
+    pub fn of_file(path: &Path) -> Result<Self> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| MoeError::Io(format!("reading {}: {e}", path.display())))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut bytes = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| MoeError::Io(format!("reading {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        let sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(FileDigest { bytes, sha256 })
+    }
+
+    /// Errors, naming the file, unless `path` still has this size and digest.
+    pub fn verify(&self, path: &Path) -> Result<()> {
+        let now = Self::of_file(path)?;
+        if now != *self {
+            return Err(MoeError::Io(format!(
+                "{} is corrupt or was changed: {} bytes with SHA-256 {}, but {} bytes with \
+                 SHA-256 {} were recorded when it was written",
+                path.display(),
+                now.bytes,
+                now.sha256,
+                self.bytes,
+                self.sha256
+            )));
+        }
+        Ok(())
+    }
+}

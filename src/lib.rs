@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod moe;
 pub mod predict;

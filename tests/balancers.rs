@@ -254,7 +254,7 @@ fn offset_balancers_change_selection_not_gates_and_update_only_in_training() {
             .expect("training proposes a new state");
         assert!(state.iter().any(|v| *v != 0.0), "{name}: state moved");
         // Gates are the raw scores of the chosen experts, whatever the offset.
-        let updated = moe.clone().update_balancer(&train);
+        let updated = moe.clone().update_balancer(&train).unwrap();
         assert_eq!(updated.balancer_state_values().unwrap(), state);
         let after = updated.route(x, false).unwrap();
         let s = host(after.scores.clone());
@@ -323,7 +323,7 @@ fn trained_state_survives_save_and_load() {
     for step in 0..5 {
         let x = tensor3(normal_vec(8 * 40, 20 + step), [2, 20, 8], &device);
         let out = moe.route(x, true).unwrap();
-        moe = moe.update_balancer(&out);
+        moe = moe.update_balancer(&out).unwrap();
     }
     let state = moe.balancer_state_values().unwrap();
     assert!(state.iter().any(|v| *v != 0.0));

@@ -29,7 +29,13 @@ fn manifest(model: MoeLmConfig, steps: u64, data: Option<PathBuf>) -> RunManifes
         .with_eval_every(1000)
         .with_eval_batches(2)
         .with_checkpoint_every(10);
-    RunManifest { model, train, data }
+    // Unresolved: `train` resolves the data path (and reports a bad one).
+    RunManifest {
+        model,
+        train,
+        data,
+        data_digest: None,
+    }
 }
 
 fn run(dir: &Path, start: TrainStart, device: &Device) -> burn_moe::Result<TrainSummary> {

@@ -50,3 +50,44 @@ fn adam_steps_reduce_a_toy_regression_loss() {
         let _ = moe.num_params();
     }
 }
+
+/// Each MoE layer takes its own output's balancer state, however dense and MoE blocks mix
+/// (every other block MoE, first block dense), and a layer refuses another layer's output.
+#[test]
+fn balancer_updates_reach_their_own_layers() {
+    use burn::tensor::{Int, TensorData};
+    use burn_moe::model::Preset;
+    let device = ndarray(true);
+    for (layers, every, dense_first) in [(4, 2, false), (3, 1, true), (2, 1, false)] {
+        device.seed(5);
+        let mut cfg = Preset::Tiny.config(16);
+        cfg.n_layers = layers;
+        cfg.moe_every = every;
+        cfg.dense_first = dense_first;
+        cfg.moe.balancer = "bip".parse().unwrap();
+        let model = cfg.init(&device).unwrap();
+        let tokens: Vec<i64> = (0..64).map(|i| (i * 37 % 251) as i64).collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(tokens, [4, 16]), &device);
+        let out = model.forward(x).unwrap();
+        assert_eq!(out.moe.len(), 2);
+        let updated = model.clone().update_balancers(&out.moe).unwrap();
+        for (layer, (moe, o)) in updated.moe_layers().zip(&out.moe).enumerate() {
+            let want = o.balancer_state.clone().unwrap();
+            assert_eq!(
+                moe.balancer_state_values().unwrap(),
+                want,
+                "{layers} layers, MoE every {every}, dense first {dense_first}: MoE layer {layer}"
+            );
+        }
+        // One output too few, and another layer's output.
+        assert!(model.clone().update_balancers(&out.moe[1..]).is_err());
+        let other = MoeConfig::new(cfg.moe.d_model, 16, 4)
+            .with_balancer("bip".parse().unwrap())
+            .init(&device)
+            .unwrap();
+        let first = model.moe_layers().next().unwrap().clone();
+        let x = tensor3(normal_vec(8 * 64, 2), [1, 8, 64], &device);
+        let foreign = other.route(x, true).unwrap();
+        assert!(first.update_balancer(&foreign).is_err());
+    }
+}

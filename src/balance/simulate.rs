@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -89,6 +89,15 @@ pub struct SimulationReport {
     pub mean_step_ms: f64,
 }
 
+/// Draws every lazily initialised float parameter of a module.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
 /// The drifting, skewed token stream.
 struct TokenStream {
     rng: StdRng,
@@ -154,6 +163,21 @@ pub fn simulate(
             config.seq_len, config.tokens
         )));
     }
+    if config.tokens == 0 {
+        return Err(MoeError::Config(
+            "simulate needs at least 1 token per step".into(),
+        ));
+    }
+    let moe_config = MoeConfig::new(config.d_model, 1, config.experts)
+        .with_top_k(config.top_k)
+        .with_score_function(config.score_function)
+        .with_balancer(config.balancer.clone())
+        .with_z_loss_weight(config.z_loss_weight);
+    moe_config.validate()?;
+    crate::memory::check_fits(
+        moe_config.activation_bytes(config.tokens) + 4.0 * moe_config.param_count(),
+        "simulating this many tokens and experts",
+    )?;
     let learns_by_loss = config.z_loss_weight > 0.0
         || matches!(
             config.balancer,
@@ -168,15 +192,20 @@ pub fn simulate(
     };
     // The router weights come from ndarray's seeded generator on every backend, so a backend
     // changes the timings, never the routing problem.
+    // Loss balancers train the router: its weights must be tracked from the start.
     #[allow(deprecated)]
-    let init_device = Device::ndarray();
+    let init_device = if learns_by_loss {
+        Device::ndarray().autodiff()
+    } else {
+        Device::ndarray()
+    };
     init_device.seed(config.seed);
-    let moe_config = MoeConfig::new(config.d_model, 1, config.experts)
-        .with_top_k(config.top_k)
-        .with_score_function(config.score_function)
-        .with_balancer(config.balancer.clone())
-        .with_z_loss_weight(config.z_loss_weight);
-    let mut moe = moe_config.init(&init_device)?.fork(&device);
+    let moe = moe_config.init(&init_device)?;
+    // Parameters are initialised lazily, on the device they are first used on: draw them here,
+    // from the seeded generator, before moving them (otherwise `fork` re-targets the draw to
+    // `device`, whose generator is not seeded, and the routing problem changes from run to run).
+    moe.visit(&mut Materialize);
+    let mut moe = moe.fork(&device);
     let mut optim = SgdConfig::new().init();
     let mut stream = TokenStream::new(config.d_model, config.seed);
     let mut tracker = MaxVioTracker::default();
@@ -192,7 +221,7 @@ pub fn simulate(
         );
         let out = moe.route(x, true)?;
         let counts = out.routing.requested_counts.clone();
-        moe = moe.update_balancer(&out);
+        moe = moe.update_balancer(&out)?;
         if let Some(loss) = out.balance_loss {
             let grads = GradientsParams::from_grads(loss.backward(), &moe);
             moe = optim.step(config.router_lr, moe, grads);

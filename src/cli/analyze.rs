@@ -105,7 +105,17 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         args.windows.iter().all(|&w| w >= 1) && args.dead_window >= 1,
         "windows and --dead-window must be at least 1"
     );
-    anyhow::ensure!(args.factor > 0.0, "--factor must be > 0");
+    anyhow::ensure!(
+        args.factor.is_finite() && args.factor > 0.0,
+        "--factor must be a finite number > 0, got {}",
+        args.factor
+    );
+    anyhow::ensure!(
+        args.labels.is_empty() || args.labels.len() == args.traces.len(),
+        "--labels gives {} labels for {} traces",
+        args.labels.len(),
+        args.traces.len()
+    );
     let config = AnalyzeConfig {
         windows: args.windows.clone(),
         dead_window: args.dead_window,

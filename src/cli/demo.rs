@@ -79,6 +79,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .with_normalize_gates(args.top_k > 1)
         .with_capacity_factor(args.capacity_factor)
         .with_num_shared_experts(args.shared);
+    config.validate()?;
+    burn_moe::memory::check_fits(
+        4.0 * config.param_count() + config.activation_bytes(args.tokens),
+        "the demo layer and its tokens",
+    )?;
     let moe = config.init(&device).context("building the MoE layer")?;
     let x = clustered_tokens(args.tokens, args.d_model, args.seed);
     let input = || {

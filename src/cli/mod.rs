@@ -2,6 +2,7 @@
 
 mod analyze;
 mod demo;
+mod place;
 mod predict;
 mod simulate;
 mod study;
@@ -11,14 +12,21 @@ use clap::{Parser, Subcommand};
 
 pub use analyze::AnalyzeArgs;
 pub use demo::DemoArgs;
-pub use predict::{PlaceArgs, PredictArgs};
+pub use place::PlaceArgs;
+pub use predict::PredictArgs;
 pub use simulate::SimulateArgs;
 pub use study::StudyArgs;
 pub use train::{EvalArgs, GenerateArgs, TrainArgs};
 
 /// Mixture-of-Experts layers on any GPU (wgpu) or CPU (ndarray, flex).
 #[derive(Debug, Parser)]
-#[command(name = "burn-moe", version, about)]
+#[command(
+    name = "burn-moe",
+    version,
+    about,
+    subcommand_required = true,
+    arg_required_else_help = false
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -61,7 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(&args),
         Command::Analyze(args) => analyze::run(&args),
         Command::Predict(args) => predict::run_predict(&args),
-        Command::Place(args) => predict::run_place(&args),
+        Command::Place(args) => place::run_place(&args),
         Command::Study(args) => study::run(&args),
         Command::Devices => {
             match burn_moe::device::probe_wgpu_adapter() {

@@ -1,16 +1,14 @@
-//! `burn-moe predict` and `burn-moe place`: load prediction along a trace, and expert
-//! placement from the predictions, both evaluated against what the trace did next.
+//! `burn-moe predict`: load prediction along a trace, evaluated against what the trace did next.
+//! The predictors are shared with `burn-moe place`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 
 use burn_moe::BackendKind;
 use burn_moe::predict::arima::ArimaOrder;
 use burn_moe::predict::lstm::{self, LstmTraining};
-use burn_moe::predict::placement::{Placement, place};
 use burn_moe::predict::{
     ArimaPredictor, EvalConfig, LoadPredictor, PredictionReport, SlidingWindowAverage, evaluate,
 };
@@ -73,7 +71,7 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
-fn read(path: &Path) -> anyhow::Result<RunLoads> {
+pub(super) fn read(path: &Path) -> anyhow::Result<RunLoads> {
     let run = RunLoads::read(path, LoadKind::Requested)
         .with_context(|| format!("reading {}", path.display()))?;
     if !run.skipped.is_empty() {
@@ -82,11 +80,31 @@ fn read(path: &Path) -> anyhow::Result<RunLoads> {
     Ok(run)
 }
 
+fn arima_order(order: &[usize]) -> anyhow::Result<ArimaOrder> {
+    let [p, d, q] = order[..] else {
+        anyhow::bail!("--order takes three numbers p,d,q, got {order:?}");
+    };
+    anyhow::ensure!(
+        p <= 50 && d <= 3 && q <= 50,
+        "--order {p},{d},{q} is out of range: p and q at most 50, d at most 3"
+    );
+    Ok(ArimaOrder { p, d, q })
+}
+
+/// Rows of history the first prediction point of `method` needs.
+pub(super) fn min_history(method: Method, window: Option<usize>, order: &[usize]) -> usize {
+    match method {
+        Method::SwAvg => 1,
+        Method::Arima => arima_order(order).map_or(50, |o| o.min_series()),
+        Method::Lstm => window.unwrap_or(64),
+    }
+}
+
 fn switch_step(run: &RunLoads, given: Option<u64>) -> Option<u64> {
     given.or_else(|| detect_phase_switch(&run.layers, &AnalyzeConfig::default()).step)
 }
 
-fn predictor(
+pub(super) fn predictor(
     args: &PredictArgs,
     horizon: usize,
     experts: usize,
@@ -96,14 +114,21 @@ fn predictor(
             window: args.window.unwrap_or(100),
         }),
         Method::Arima => {
-            let [p, d, q] = args.order[..] else {
-                anyhow::bail!("--order takes three numbers p,d,q, got {:?}", args.order);
-            };
-            Box::new(ArimaPredictor {
-                order: ArimaOrder { p, d, q },
-                window: args.window.unwrap_or(500),
-                constant: args.constant || d == 0,
-            })
+            let order = arima_order(&args.order)?;
+            let window = args.window.unwrap_or(500);
+            anyhow::ensure!(
+                window >= order.min_series(),
+                "ARIMA({},{},{}) needs a fitting window of at least {} steps, got --window {window}",
+                order.p,
+                order.d,
+                order.q,
+                order.min_series()
+            );
+            Box::new(ArimaPredictor::new(
+                order,
+                window,
+                args.constant || order.d == 0,
+            ))
         }
         Method::Lstm => {
             let path = args
@@ -142,6 +167,7 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
         args.horizon.iter().all(|&h| h >= 1) && args.stride >= 1,
         "--horizon and --stride must be at least 1"
     );
+    anyhow::ensure!(args.window != Some(0), "--window must be at least 1");
     let run = read(&args.trace)?;
     let experts = run.layers[0].experts;
     let switch = switch_step(&run, args.switch);
@@ -149,17 +175,34 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let mut plots = Vec::new();
     for &h in &args.horizon {
         let p = predictor(args, h, experts)?;
-        let min_history = match args.method {
-            Method::SwAvg => 1,
-            Method::Arima => 50,
-            Method::Lstm => args.window.unwrap_or(64),
-        };
+        let min_history = min_history(args.method, args.window, &args.order);
         let cfg = EvalConfig {
             horizon: h,
             stride: args.stride,
             min_history,
         };
         let report = evaluate(p.as_ref(), &run, switch, &cfg);
+        anyhow::ensure!(
+            report.points != [0, 0],
+            "{}: {} steps are too few to predict {h} steps after a history of {min_history} \
+             (use a shorter --horizon or --window, or a longer trace)",
+            args.trace.display(),
+            run.layers.iter().map(|l| l.len()).max().unwrap_or(0)
+        );
+        if let Some((fell_back, total)) = report.fallbacks {
+            anyhow::ensure!(
+                fell_back < total,
+                "{}: no forecast could be fitted (all {total} fell back to the window mean)",
+                report.method
+            );
+            if fell_back > 0 && !args.json {
+                eprintln!(
+                    "note: {fell_back} of {total} {} forecasts could not be fitted and used the \
+                     window mean",
+                    report.method
+                );
+            }
+        }
         if !args.no_plots && h == args.horizon[0] {
             let out = args.out.clone().unwrap_or_else(|| {
                 args.trace
@@ -260,165 +303,4 @@ fn prediction_chart(
             log_y: false,
         },
     )?)
-}
-
-/// Options of `burn-moe place`.
-#[derive(Debug, Args)]
-pub struct PlaceArgs {
-    /// Trace to place along.
-    pub trace: PathBuf,
-    /// Devices.
-    #[arg(long)]
-    pub devices: usize,
-    /// Extra copies of the hottest experts.
-    #[arg(long, default_value_t = 0)]
-    pub replicas: usize,
-    /// Predictor of the loads the placement is made for.
-    #[arg(long, value_enum, default_value = "sw-avg")]
-    pub method: Method,
-    /// Predictor window (as in `predict`).
-    #[arg(long)]
-    pub window: Option<usize>,
-    /// ARIMA orders p,d,q.
-    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
-    pub order: Vec<usize>,
-    /// Steps a placement stays in use.
-    #[arg(long, default_value_t = 100)]
-    pub horizon: usize,
-    /// Steps between re-placements.
-    #[arg(long, default_value_t = 50)]
-    pub stride: usize,
-    /// The LSTM's training trace.
-    #[arg(long)]
-    pub train_trace: Option<PathBuf>,
-    /// Print one JSON summary instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct PlacementRow {
-    layer: usize,
-    points: usize,
-    /// Mean over steps of max device load / mean device load.
-    predicted: f64,
-    round_robin: f64,
-    oracle: f64,
-}
-
-pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.devices >= 1, "--devices must be at least 1");
-    anyhow::ensure!(
-        args.horizon >= 1 && args.stride >= 1,
-        "--horizon and --stride must be >= 1"
-    );
-    let run = read(&args.trace)?;
-    let experts = run.layers[0].experts;
-    let predict_args = PredictArgs {
-        trace: args.trace.clone(),
-        method: args.method,
-        horizon: vec![args.horizon],
-        window: args.window,
-        order: args.order.clone(),
-        constant: false,
-        stride: args.stride,
-        train_trace: args.train_trace.clone(),
-        lstm_iterations: 300,
-        switch: None,
-        out: None,
-        no_plots: true,
-        json: args.json,
-    };
-    let p = predictor(&predict_args, args.horizon, experts)?;
-    let min_history = args.window.unwrap_or(100).min(100);
-    let mut rows = Vec::new();
-    for (l, layer) in run.layers.iter().enumerate() {
-        let m = layer.experts;
-        let rr = Placement::round_robin(m, args.devices);
-        let mut row = PlacementRow {
-            layer: l,
-            ..PlacementRow::default()
-        };
-        let mut origin = min_history;
-        while origin + args.horizon <= layer.len() {
-            let pred = p.predict(layer, origin, args.horizon);
-            let mean_over = |v: &[f32], rows: usize, j: usize| {
-                (0..rows).map(|h| v[h * m + j] as f64).sum::<f64>() / rows as f64
-            };
-            let predicted: Vec<f64> = (0..m).map(|j| mean_over(&pred, args.horizon, j)).collect();
-            let future: Vec<f32> = (origin..origin + args.horizon)
-                .flat_map(|t| layer.row(t).iter().copied())
-                .collect();
-            let actual_mean: Vec<f64> = (0..m)
-                .map(|j| mean_over(&future, args.horizon, j))
-                .collect();
-            let from_prediction = place(&predicted, args.devices, args.replicas)?;
-            let oracle = place(&actual_mean, args.devices, args.replicas)?;
-            let score = |pl: &Placement| {
-                (0..args.horizon)
-                    .map(|h| {
-                        let loads: Vec<f64> = future[h * m..(h + 1) * m]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .collect();
-                        pl.imbalance(&loads)
-                    })
-                    .sum::<f64>()
-                    / args.horizon as f64
-            };
-            row.predicted += score(&from_prediction);
-            row.round_robin += score(&rr);
-            row.oracle += score(&oracle);
-            row.points += 1;
-            origin += args.stride;
-        }
-        anyhow::ensure!(
-            row.points > 0,
-            "layer {l}: the trace has too few steps for horizon {}",
-            args.horizon
-        );
-        let n = row.points as f64;
-        row.predicted /= n;
-        row.round_robin /= n;
-        row.oracle /= n;
-        rows.push(row);
-    }
-    let mean = |f: fn(&PlacementRow) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
-    let overall = [
-        mean(|r| r.predicted),
-        mean(|r| r.round_robin),
-        mean(|r| r.oracle),
-    ];
-    if args.json {
-        let out = serde_json::json!({
-            "trace": args.trace, "devices": args.devices, "replicas": args.replicas,
-            "method": p.name(), "horizon": args.horizon, "layers": rows,
-            "mean": {"predicted": overall[0], "round_robin": overall[1], "oracle": overall[2]},
-        });
-        println!("{}", serde_json::to_string(&out)?);
-        return Ok(());
-    }
-    println!(
-        "max/mean device load over the next {} steps, {} devices, {} replicas, placement every {} steps",
-        args.horizon, args.devices, args.replicas, args.stride
-    );
-    println!(
-        "{:>5} {:>7} {:>22} {:>12} {:>8}",
-        "layer",
-        "points",
-        format!("from {}", p.name()),
-        "round-robin",
-        "oracle"
-    );
-    for r in &rows {
-        println!(
-            "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
-            r.layer, r.points, r.predicted, r.round_robin, r.oracle
-        );
-    }
-    println!(
-        "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
-        "mean", "", overall[0], overall[1], overall[2]
-    );
-    Ok(())
 }

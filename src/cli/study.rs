@@ -77,11 +77,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         .map(|n| Ok((n.clone(), n.parse::<BalancerConfig>()?)))
         .collect::<burn_moe::Result<Vec<_>>>()?;
     let config = StudyConfig {
-        base: RunManifest {
-            model,
-            train,
-            data: args.run.data.clone(),
-        },
+        base: RunManifest::new(model, train, args.run.data.as_deref())?,
         balancers,
         eval_batches: args.eval_batches,
         capacity_factors: args.capacity_factors.clone(),
@@ -89,6 +85,11 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         maxvio_steps: MAXVIO_STEPS.to_vec(),
         fresh: args.fresh,
     };
+    anyhow::ensure!(
+        !args.out.join("run.json").exists(),
+        "{} is a training run directory; give the study a directory of its own",
+        args.out.display()
+    );
     std::fs::create_dir_all(&args.out)?;
     let mut bar = Bar::new(args.json);
     if !args.json {

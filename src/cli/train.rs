@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Replace the run already in `--out` (its checkpoints, trace and metrics are deleted when
+    /// the new run starts). Without it a non-empty `--out` is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Print only a final JSON summary line.
     #[arg(long)]
     pub json: bool,
@@ -211,13 +215,9 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
                 .train(args.steps.unwrap_or(200))
                 .with_eval_every(args.eval_every)
                 .with_checkpoint_every(args.checkpoint_every);
-            let manifest = RunManifest {
-                model,
-                train,
-                data: args.run.data.clone(),
-            };
+            let manifest = RunManifest::new(model, train, args.run.data.as_deref())?;
             (
-                RunDir::create(&args.out)?,
+                RunDir::create(&args.out)?.with_overwrite(args.overwrite),
                 TrainStart::Fresh(Box::new(manifest)),
             )
         }
@@ -283,8 +283,11 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let manifest = dir.manifest()?;
     let device = args.backend.device(false)?;
     let (model, state) = dir.load_model(&device)?;
-    let data_path = args.data.as_deref().or(manifest.data.as_deref());
-    let data = TextData::from_file_or_default(data_path, manifest.train.seed)?;
+    anyhow::ensure!(args.batches >= 1, "--batches must be at least 1");
+    let data = match &args.data {
+        Some(path) => TextData::from_file(path)?,
+        None => manifest.load_data()?,
+    };
     data.check_seq_len(manifest.train.seq_len)?;
     let report = evaluate(
         &model,

@@ -60,6 +60,13 @@ impl MoeLmConfig {
         i % self.moe_every == self.moe_every - 1 && !(self.dense_first && i == 0)
     }
 
+    /// Blocks with a MoE FFN.
+    pub fn moe_blocks(&self) -> usize {
+        let every = self.moe_every.max(1);
+        let skipped_first = usize::from(self.dense_first && every == 1 && self.n_layers > 0);
+        self.n_layers / every - skipped_first
+    }
+
     /// Checks every field, then the MoE config.
     pub fn validate(&self) -> Result<()> {
         self.moe.validate()?;
@@ -83,6 +90,18 @@ impl MoeLmConfig {
         ensure_config(self.moe_every >= 1, || {
             "moe_every must be at least 1".into()
         })?;
+        ensure_config(self.moe_blocks() > 0, || {
+            format!(
+                "no block would have a MoE layer: {} layers with a MoE FFN in every {}-th block{}",
+                self.n_layers,
+                self.moe_every,
+                if self.dense_first {
+                    " and the first block dense"
+                } else {
+                    ""
+                }
+            )
+        })?;
         ensure_config(self.dense_d_ff > 0, || {
             "dense_d_ff must be at least 1".into()
         })?;
@@ -92,9 +111,24 @@ impl MoeLmConfig {
         Ok(())
     }
 
-    /// Validates and builds the model.
+    /// Parameters of the model, computed in `f64` so that absurd sizes do not overflow.
+    pub fn param_count(&self) -> f64 {
+        let d = self.d_model() as f64;
+        let moe = self.moe.param_count();
+        let dense = 3.0 * d * self.dense_d_ff as f64;
+        let moe_blocks = self.moe_blocks() as f64;
+        let ffn = moe_blocks * moe + (self.n_layers as f64 - moe_blocks) * dense;
+        2.0 * self.vocab_size as f64 * d
+            + self.max_seq_len as f64 * d
+            + self.n_layers as f64 * 4.0 * d * d
+            + ffn
+    }
+
+    /// Validates and builds the model. Errors when its weights would not fit in the memory this
+    /// machine has.
     pub fn init(&self, device: &Device) -> Result<MoeLm> {
         self.validate()?;
+        crate::memory::check_fits(4.0 * self.param_count(), "the model's weights")?;
         MoeLm::new(self, device)
     }
 }
@@ -155,6 +189,35 @@ mod tests {
         );
         let dense_first = cfg.with_dense_first(true);
         assert!(!dense_first.is_moe_block(0) && dense_first.is_moe_block(1));
+    }
+
+    #[test]
+    fn moe_block_count_matches_the_placement_rule_and_zero_is_refused() {
+        for n in 1..8 {
+            for every in 1..5 {
+                for dense_first in [false, true] {
+                    let cfg = MoeLmConfig {
+                        n_layers: n,
+                        moe_every: every,
+                        dense_first,
+                        ..Preset::Tiny.config(32)
+                    };
+                    let counted = (0..n).filter(|&i| cfg.is_moe_block(i)).count();
+                    assert_eq!(cfg.moe_blocks(), counted, "{n} layers, every {every}");
+                    assert_eq!(cfg.validate().is_ok(), counted > 0);
+                }
+            }
+        }
+        let none = MoeLmConfig {
+            moe_every: 3,
+            ..Preset::Tiny.config(32)
+        };
+        assert!(
+            none.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no block")
+        );
     }
 
     #[test]

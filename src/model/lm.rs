@@ -117,14 +117,25 @@ impl MoeLm {
         })
     }
 
-    /// Applies every MoE layer's proposed balancer state (from a training forward).
-    pub fn update_balancers(mut self, outputs: &[MoeOutput]) -> Self {
+    /// Applies every MoE layer's proposed balancer state (from a training forward):
+    /// `outputs[i]` goes to the `i`-th MoE layer, dense blocks skipped. Errors unless there is
+    /// one output per MoE layer, each from a layer of its expert count.
+    pub fn update_balancers(mut self, outputs: &[MoeOutput]) -> Result<Self> {
+        let layers = self.moe_layers().count();
+        if outputs.len() != layers {
+            return Err(MoeError::Input(format!(
+                "update_balancers: {} outputs for {layers} MoE layers",
+                outputs.len()
+            )));
+        }
         let mut outs = outputs.iter();
         for block in &mut self.blocks {
-            if let (Ffn::Moe(moe), Some(out)) = (&mut block.ffn, outs.next()) {
-                *moe = moe.clone().update_balancer(out);
+            if let Ffn::Moe(moe) = &mut block.ffn
+                && let Some(out) = outs.next()
+            {
+                *moe = moe.clone().update_balancer(out)?;
             }
         }
-        self
+        Ok(self)
     }
 }

@@ -123,6 +123,18 @@ impl MoeConfig {
                 )
             })?;
         }
+        ensure_config(
+            self.kernel_path.is_none() || self.num_experts <= crate::kernels::MAX_EXPERTS,
+            || {
+                format!(
+                    "num_experts {} exceeds the {} experts the routing kernels take (kernel_path \
+                     {:?}); use kernel_path None to route on the host",
+                    self.num_experts,
+                    crate::kernels::MAX_EXPERTS,
+                    self.kernel_path
+                )
+            },
+        )?;
         ensure_config(self.groups >= 1, || "groups must be at least 1".into())?;
         ensure_config(!self.random_routing || self.top_k == 2, || {
             format!(
@@ -155,9 +167,37 @@ impl MoeConfig {
         })
     }
 
-    /// Validates the config and builds the layer on `device`.
+    /// Parameters of the layer (router, routed and shared experts), computed in `f64` so that
+    /// absurd sizes do not overflow.
+    pub fn param_count(&self) -> f64 {
+        let d = self.d_model as f64;
+        let m = self.num_experts as f64;
+        let mats = match self.activation {
+            ExpertActivation::SwiGlu => 3.0,
+            _ => 2.0,
+        };
+        let router = d * m * if self.noisy_gating { 2.0 } else { 1.0 };
+        let shared_ff = self.d_ff_shared.unwrap_or(self.d_ff) as f64;
+        router
+            + m * mats * d * self.d_ff as f64
+            + self.num_shared_experts as f64 * mats * d * shared_ff
+    }
+
+    /// Bytes a forward call over `tokens` tokens allocates, roughly: input and output, the
+    /// routed experts' hidden units, the router logits and scores (`f64`, so absurd sizes do not
+    /// overflow).
+    pub fn activation_bytes(&self, tokens: usize) -> f64 {
+        let per_token = 4.0 * self.d_model as f64
+            + 3.0 * self.top_k as f64 * self.d_ff as f64
+            + 3.0 * self.num_experts as f64;
+        4.0 * tokens as f64 * per_token
+    }
+
+    /// Validates the config and builds the layer on `device`. Errors when its weights would not
+    /// fit in the memory this machine has.
     pub fn init(&self, device: &Device) -> Result<Moe> {
         self.validate()?;
+        crate::memory::check_fits(4.0 * self.param_count(), "the MoE layer's weights")?;
         Ok(Moe::new(self.clone(), device))
     }
 }
@@ -191,6 +231,7 @@ mod tests {
                 "capacity_factor",
             ),
             (base().with_groups(0), "groups"),
+            (MoeConfig::new(8, 16, 4097), "num_experts"),
             (
                 base().with_top_k(1).with_random_routing(true),
                 "random_routing",

@@ -148,14 +148,24 @@ impl Moe {
 
     /// Applies the balancer state a training call proposed (`out.balancer_state`); a no-op for
     /// balancers without state and for eval-mode outputs. Call it once per training step, like
-    /// the optimizer step.
-    pub fn update_balancer(mut self, out: &MoeOutput) -> Self {
+    /// the optimizer step. Errors when `out` comes from a layer with another expert count.
+    pub fn update_balancer(mut self, out: &MoeOutput) -> Result<Self> {
+        let m = self.config.num_experts;
+        let theirs = out.routing.requested_counts.len();
+        let state_len = out.balancer_state.as_ref().map_or(m, Vec::len);
+        if theirs != m || state_len != m {
+            return Err(MoeError::Input(format!(
+                "update_balancer: the output comes from a layer with {} experts, this layer has \
+                 {m} (pass each layer its own output)",
+                if theirs != m { theirs } else { state_len }
+            )));
+        }
         if let Some(state) = &out.balancer_state {
             let device = self.balancer_state.lazy_device();
             let value = Tensor::from_data(TensorData::new(state.clone(), [state.len()]), &device);
             self.balancer_state = self.balancer_state.map(|_| value.set_require_grad(false));
         }
-        self
+        Ok(self)
     }
 
     /// The balancer state `[experts]` on the host.

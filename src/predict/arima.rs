@@ -14,6 +14,14 @@ pub struct ArimaOrder {
     pub q: usize,
 }
 
+impl ArimaOrder {
+    /// The shortest series [`Arima::fit`] can fit with these orders.
+    pub fn min_series(&self) -> usize {
+        let lags = self.p.max(self.q);
+        self.d + (lags + 5).max(10) + lags + 10
+    }
+}
+
 /// A fitted model.
 #[derive(Debug, Clone)]
 pub struct Arima {
@@ -78,7 +86,7 @@ impl Arima {
             z = z.windows(2).map(|w| w[1] - w[0]).collect();
         }
         let long = (order.p.max(order.q) + 5).max(10);
-        if z.len() < long + order.p.max(order.q) + 10 {
+        if y.len() < order.min_series() {
             return None;
         }
         // Stage 1: innovations from a long AR (valid from row `long` on).
@@ -245,6 +253,20 @@ fn solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_series_is_the_shortest_series_that_fits() {
+        for order in [
+            ArimaOrder { p: 5, d: 1, q: 5 },
+            ArimaOrder { p: 2, d: 0, q: 0 },
+            ArimaOrder { p: 1, d: 2, q: 3 },
+        ] {
+            let n = order.min_series();
+            let y: Vec<f64> = noise(n, 11).iter().map(|v| 0.5 + 0.01 * v).collect();
+            assert!(Arima::fit(&y[1..], order, true).is_none(), "{order:?}");
+            assert!(Arima::fit(&y, order, true).is_some(), "{order:?}");
+        }
+    }
 
     fn noise(n: usize, seed: u64) -> Vec<f64> {
         let mut s = seed;

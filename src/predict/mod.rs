@@ -22,6 +22,12 @@ pub trait LoadPredictor {
     /// Proportions `[horizon * experts]` for rows `origin..origin + horizon`, seeing only rows
     /// `..origin` of `layer`.
     fn predict(&self, layer: &LayerLoads, origin: usize, horizon: usize) -> Vec<f32>;
+    /// Per-expert forecasts so far that could not use the method and fell back to the window
+    /// mean, and all per-expert forecasts: `(fell_back, total)`. `None` for methods that never
+    /// fall back.
+    fn fallbacks(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// Sliding-window average: the mean of the last `window` steps, held flat.
@@ -57,7 +63,7 @@ pub fn window_mean(layer: &LayerLoads, origin: usize, window: usize) -> Vec<f32>
 }
 
 /// ARIMA per expert, fitted on the last `window` steps at every prediction point.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ArimaPredictor {
     /// Orders (the paper: 5, 1, 5).
     pub order: ArimaOrder,
@@ -65,6 +71,20 @@ pub struct ArimaPredictor {
     pub window: usize,
     /// Fit a constant (for `d >= 1` a drift; the usual choice is a constant for `d = 0` only).
     pub constant: bool,
+    /// Forecasts that fell back to the window mean, and all forecasts.
+    counts: std::cell::Cell<(usize, usize)>,
+}
+
+impl ArimaPredictor {
+    /// ARIMA of `order` fitted on the last `window` steps.
+    pub fn new(order: ArimaOrder, window: usize, constant: bool) -> Self {
+        ArimaPredictor {
+            order,
+            window,
+            constant,
+            counts: Default::default(),
+        }
+    }
 }
 
 impl LoadPredictor for ArimaPredictor {
@@ -74,8 +94,9 @@ impl LoadPredictor for ArimaPredictor {
         format!("arima({},{},{}; W={}{c})", o.p, o.d, o.q, self.window)
     }
 
-    /// Falls back to the window mean for an expert whose window is too short to fit; forecasts
-    /// are clamped to `[0, 1]`.
+    /// Falls back to the window mean for an expert whose window is too short or that cannot be
+    /// fitted (counted in [`fallbacks`](LoadPredictor::fallbacks)); forecasts are clamped to
+    /// `[0, 1]`.
     fn predict(&self, layer: &LayerLoads, origin: usize, horizon: usize) -> Vec<f32> {
         let m = layer.experts;
         let from = origin.saturating_sub(self.window);
@@ -85,6 +106,9 @@ impl LoadPredictor for ArimaPredictor {
             let series: Vec<f64> = (from..origin).map(|t| layer.row(t)[j] as f64).collect();
             let forecast =
                 Arima::fit(&series, self.order, self.constant).map(|a| a.forecast(horizon));
+            let (fell_back, total) = self.counts.get();
+            self.counts
+                .set((fell_back + usize::from(forecast.is_none()), total + 1));
             for h in 0..horizon {
                 let v = forecast
                     .as_ref()
@@ -93,6 +117,10 @@ impl LoadPredictor for ArimaPredictor {
             }
         }
         out
+    }
+
+    fn fallbacks(&self) -> Option<(usize, usize)> {
+        Some(self.counts.get())
     }
 }
 
@@ -124,6 +152,9 @@ pub struct PredictionReport {
     pub stable: Option<f64>,
     /// Prediction points in each state (summed over layers).
     pub points: [usize; 2],
+    /// Per-expert forecasts that fell back to the window mean, and all forecasts (methods that
+    /// can fall back only).
+    pub fallbacks: Option<(usize, usize)>,
 }
 
 /// Mean absolute error of `predictor` at every `stride`-th row of every layer; a point's state
@@ -175,6 +206,7 @@ pub fn evaluate(
         transient_per_layer,
         stable_per_layer,
         points,
+        fallbacks: predictor.fallbacks(),
     }
 }
 
@@ -211,11 +243,7 @@ mod tests {
             min_history: 100,
         };
         let sw = evaluate(&SlidingWindowAverage { window: 10 }, &run, None, &cfg);
-        let ar = ArimaPredictor {
-            order: ArimaOrder { p: 5, d: 1, q: 5 },
-            window: 100,
-            constant: false,
-        };
+        let ar = ArimaPredictor::new(ArimaOrder { p: 5, d: 1, q: 5 }, 100, false);
         let ar = evaluate(&ar, &run, None, &cfg);
         assert!(
             sw.stable.unwrap() < 1e-6 && ar.stable.unwrap() < 1e-5,
@@ -247,11 +275,7 @@ mod tests {
             (sw.stable.unwrap() - lag).abs() < 1e-4,
             "{sw:?}, expected {lag}"
         );
-        let ar = ArimaPredictor {
-            order: ArimaOrder { p: 1, d: 1, q: 0 },
-            window: 200,
-            constant: true,
-        };
+        let ar = ArimaPredictor::new(ArimaOrder { p: 1, d: 1, q: 0 }, 200, true);
         assert!(evaluate(&ar, &drift, None, &cfg).stable.unwrap() < 1e-4);
 
         let periodic = run_of(layer_from(
@@ -263,11 +287,7 @@ mod tests {
             2,
         ));
         let sw = evaluate(&SlidingWindowAverage { window: 10 }, &periodic, None, &cfg);
-        let ar = ArimaPredictor {
-            order: ArimaOrder { p: 2, d: 0, q: 0 },
-            window: 200,
-            constant: true,
-        };
+        let ar = ArimaPredictor::new(ArimaOrder { p: 2, d: 0, q: 0 }, 200, true);
         let ar = evaluate(&ar, &periodic, None, &cfg);
         assert!(ar.stable.unwrap() < 0.01, "{ar:?}");
         assert!(sw.stable.unwrap() > 0.05, "{sw:?}");

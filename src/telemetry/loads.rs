@@ -5,6 +5,9 @@ use std::path::Path;
 use crate::error::{MoeError, Result};
 use crate::telemetry::trace::TraceReader;
 
+/// Layer indices a trace may name: far more MoE layers than any model has.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 /// Which count of a trace record to analyse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadKind {
@@ -80,7 +83,7 @@ impl LayerLoads {
 /// A whole trace as load proportions, per MoE layer.
 #[derive(Debug, Clone)]
 pub struct RunLoads {
-    /// Layers in index order.
+    /// Layers in index order (indices missing from the trace are skipped).
     pub layers: Vec<LayerLoads>,
     /// Records read.
     pub records: usize,
@@ -94,7 +97,9 @@ impl RunLoads {
     /// the last line, a layer whose expert count changes, steps out of order, an empty trace.
     pub fn read(path: &Path, kind: LoadKind) -> Result<Self> {
         let mut reader = TraceReader::open(path)?;
-        let mut layers: Vec<LayerLoads> = Vec::new();
+        // Keyed by the record's layer index: a corrupt index (say 10^12) costs one entry, not
+        // 10^12 empty layers.
+        let mut layers: std::collections::BTreeMap<usize, LayerLoads> = Default::default();
         let mut records = 0;
         for record in reader.by_ref() {
             let r = record?;
@@ -106,6 +111,16 @@ impl RunLoads {
             .iter()
             .map(|&c| c.min(u32::MAX as usize) as u32)
             .collect();
+            if r.layer >= MAX_LAYERS {
+                return Err(MoeError::Input(format!(
+                    "trace {}: step {} names layer {}, more than any model has (at most {}); \
+                     is the file corrupt?",
+                    path.display(),
+                    r.step,
+                    r.layer,
+                    MAX_LAYERS - 1
+                )));
+            }
             if counts.is_empty() {
                 return Err(MoeError::Input(format!(
                     "trace {}: step {} layer {} has no experts",
@@ -114,18 +129,12 @@ impl RunLoads {
                     r.layer
                 )));
             }
-            while layers.len() <= r.layer {
-                layers.push(LayerLoads {
-                    steps: Vec::new(),
-                    experts: counts.len(),
-                    proportions: Vec::new(),
-                    counts: Vec::new(),
-                });
-            }
-            let layer = &mut layers[r.layer];
-            if layer.is_empty() {
-                layer.experts = counts.len();
-            }
+            let layer = layers.entry(r.layer).or_insert_with(|| LayerLoads {
+                steps: Vec::new(),
+                experts: counts.len(),
+                proportions: Vec::new(),
+                counts: Vec::new(),
+            });
             if counts.len() != layer.experts {
                 return Err(MoeError::Input(format!(
                     "trace {}: layer {} has {} experts at step {} but {} before",
@@ -147,7 +156,7 @@ impl RunLoads {
             }
             layer.push(r.step, &counts);
         }
-        layers.retain(|l| !l.is_empty());
+        let layers: Vec<LayerLoads> = layers.into_values().collect();
         if layers.is_empty() {
             return Err(MoeError::Input(format!(
                 "trace {} holds no records",

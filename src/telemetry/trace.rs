@@ -139,26 +139,39 @@ impl Iterator for TraceReader {
     }
 }
 
-/// Keeps only the records with `step <= last_step` (used when a run resumes from a checkpoint),
-/// rewriting the file atomically.
+/// Keeps only the lines whose `step` is at most `last_step` (used when a run resumes from a
+/// checkpoint, for the trace and the metrics file alike), rewriting the file atomically: the
+/// kept lines go to a new temporary file that replaces `path`. A truncated last line (a run
+/// killed mid-write) is dropped; any other line without a `step` is an error.
 pub fn truncate_after(path: &Path, last_step: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    {
-        let mut w = TraceWriter::append(&tmp)?;
-        let mut keep = Vec::new();
-        for r in TraceReader::open(path)? {
-            let r = r?;
-            if r.step <= last_step {
-                keep.push(r);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| MoeError::Io(format!("reading {}: {e}", path.display())))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut keep = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let step = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        match step {
+            Some(s) if s <= last_step => {
+                keep.push_str(line);
+                keep.push('\n');
+            }
+            Some(_) => {}
+            None if i + 1 == lines.len() => {} // killed mid-write
+            None => {
+                return Err(MoeError::Input(format!(
+                    "{} line {}: not a JSON record with a step",
+                    path.display(),
+                    i + 1
+                )));
             }
         }
-        w.write_step(&keep)?;
     }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| MoeError::Io(format!("replacing trace {}: {e}", path.display())))
+    crate::checkpoint::write_bytes_atomic(path, keep.as_bytes())
 }
 
 #[cfg(test)]
@@ -192,6 +205,31 @@ mod tests {
             .map(|r| r.unwrap().step)
             .collect();
         assert_eq!(got, vec![1, 2]);
+        // A temporary file left by a killed run is replaced, never appended to.
+        let stale = dir.join(format!("trace.jsonl.tmp-{}", std::process::id()));
+        std::fs::write(
+            &stale,
+            "{\"step\":1,\"layer\":0,\"requested\":[],\"computed\":[]}\n",
+        )
+        .unwrap();
+        truncate_after(&path, 2).unwrap();
+        let got: Vec<_> = TraceReader::open(&path)
+            .unwrap()
+            .map(|r| r.unwrap().step)
+            .collect();
+        assert_eq!(got, vec![1, 2]);
+        // Metrics lines (other fields, same `step`) are truncated the same way.
+        let metrics = dir.join("metrics.jsonl");
+        std::fs::write(
+            &metrics,
+            "{\"step\":1,\"train_loss\":3.0}\n{\"step\":2,\"val_loss\":2.0}\n{\"step\":3,\"train_loss\":1.0}\n{\"st",
+        )
+        .unwrap();
+        truncate_after(&metrics, 2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&metrics).unwrap(),
+            "{\"step\":1,\"train_loss\":3.0}\n{\"step\":2,\"val_loss\":2.0}\n"
+        );
         // Garbage in the middle is an error, not silently skipped.
         std::fs::write(
             &path,

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::balance::metrics::MaxVioTracker;
 use crate::data::TextData;
-use crate::error::Result;
+use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 
 /// Validation results.
@@ -69,6 +69,13 @@ pub fn evaluate(
     seq_len: usize,
     max_batches: usize,
 ) -> Result<EvalReport> {
+    if batch == 0 || seq_len == 0 || max_batches == 0 {
+        return Err(MoeError::Config(format!(
+            "evaluation needs at least one batch of at least one sequence of at least one token, \
+             got {max_batches} batches of {batch} x {seq_len}"
+        )));
+    }
+    data.check_seq_len(seq_len)?;
     let device = model.tokens.weight.val().device();
     let layers = model.moe_layers().count();
     let mut trackers = vec![MaxVioTracker::default(); layers];

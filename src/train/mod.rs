@@ -2,6 +2,7 @@
 
 mod eval;
 mod generate;
+mod manifest;
 mod run_dir;
 mod schedule;
 pub mod study;
@@ -9,6 +10,7 @@ mod trainer;
 
 pub use eval::{EvalReport, evaluate};
 pub use generate::{SamplingConfig, generate};
-pub use run_dir::{CheckpointState, RunDir, RunManifest};
+pub use manifest::RunManifest;
+pub use run_dir::{CheckpointState, RunDir, RunLock};
 pub use schedule::learning_rate;
 pub use trainer::{Progress, TrainConfig, TrainStart, TrainSummary, train};

@@ -9,7 +9,6 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::balance::{BalancerConfig, BalancerSummary};
-use crate::data::TextData;
 use crate::error::{MoeError, Result};
 use crate::train::{Progress, RunDir, RunManifest, TrainStart, evaluate, train};
 
@@ -172,7 +171,8 @@ fn train_one(
         }
         // No checkpoint yet: start over.
     }
-    let run = RunDir::create(dir)?;
+    // The study's own directory: a changed setup was refused above unless `fresh`.
+    let run = RunDir::create(dir)?.with_overwrite(true);
     train(
         &run,
         TrainStart::Fresh(Box::new(manifest)),
@@ -212,7 +212,24 @@ pub fn run_study(
             "capacity factors must be finite and > 0, got {cf}"
         )));
     }
-    let data = TextData::from_file_or_default(config.base.data.as_deref(), config.base.train.seed)?;
+    if config.eval_batches == 0 {
+        return Err(MoeError::Config("eval-batches must be at least 1".into()));
+    }
+    if let Some(t) = config.target_loss.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        return Err(MoeError::Config(format!(
+            "the target loss must be a finite number > 0, got {t}"
+        )));
+    }
+    if let Some((name, _)) = config
+        .balancers
+        .iter()
+        .find(|(n, _)| n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.'))
+    {
+        return Err(MoeError::Config(format!(
+            "`{name}` cannot name a run directory"
+        )));
+    }
+    let data = config.base.load_data()?;
     let train_cfg = &config.base.train;
     let top_k = config.base.model.moe.top_k;
     let mut results = Vec::new();

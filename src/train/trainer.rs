@@ -12,7 +12,6 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::balance::metrics::max_vio;
-use crate::data::TextData;
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
@@ -127,10 +126,28 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     z ^ (z >> 29)
 }
 
+/// Errors, before anything is allocated, when the run's weights, optimizer state and
+/// activations would not fit in the memory this machine has.
+fn check_training_fits(manifest: &RunManifest) -> Result<()> {
+    let (m, t) = (&manifest.model, &manifest.train);
+    let tokens = t.batch_size as f64 * t.seq_len as f64;
+    let d = m.d_model() as f64;
+    let moe = &m.moe;
+    // Per token per block: attention and norms (~16 d), the routed experts' hidden activations
+    // (3 k d_ff), the router scores (2 m); plus the output logits. Autodiff keeps them all.
+    let per_token = m.n_layers as f64
+        * (16.0 * d + 3.0 * moe.top_k as f64 * moe.d_ff as f64 + 2.0 * moe.num_experts as f64)
+        + 2.0 * m.vocab_size as f64;
+    // Weights, gradients and AdamW's two moments: four copies of the parameters.
+    let bytes = 4.0 * (4.0 * m.param_count() + tokens * per_token);
+    crate::memory::check_fits(bytes, "training this model with this batch")
+}
+
 /// How a training invocation starts.
 #[derive(Debug, Clone)]
 pub enum TrainStart {
-    /// A new run: writes `run.json` from the manifest (replacing any earlier run in the dir).
+    /// A new run: writes `run.json` from the manifest into an empty directory, or into one
+    /// whose run it replaces when the [`RunDir`] allows overwriting.
     Fresh(Box<RunManifest>),
     /// Continue the run in the directory from its latest checkpoint, optionally to a new total
     /// step count.
@@ -150,27 +167,19 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<TrainSummary> {
     let device = device.clone().autodiff();
-    let resume = matches!(start, TrainStart::Resume { .. });
-    let manifest = match start {
-        TrainStart::Fresh(m) => *m,
-        TrainStart::Resume { steps } => {
-            let mut m = dir.manifest()?;
-            if let Some(steps) = steps {
-                m.train.steps = steps;
-            }
-            m
+    let lock = dir.lock()?;
+    let (manifest, resume_to) = match start {
+        TrainStart::Fresh(m) => {
+            let mut m = *m;
+            m.validate()?;
+            m.resolve_data()?;
+            (m, None)
         }
+        TrainStart::Resume { steps } => (dir.manifest()?, Some(steps)),
     };
-    let config = manifest.train.clone();
-    config.validate()?;
-    let data = TextData::from_file_or_default(manifest.data.as_deref(), config.seed)?;
-    data.check_seq_len(config.seq_len)?;
-    if config.seq_len > manifest.model.max_seq_len {
-        return Err(MoeError::Config(format!(
-            "seq-len {} exceeds the model's max_seq_len {}",
-            config.seq_len, manifest.model.max_seq_len
-        )));
-    }
+    let mut config = manifest.train.clone();
+    let data = manifest.load_data()?;
+    check_training_fits(&manifest)?;
 
     device.seed(config.seed);
     let mut model = manifest.model.init(&device)?;
@@ -180,15 +189,30 @@ pub fn train(
         tokens_seen: 0,
         train_seconds: 0.0,
     };
-    if resume {
+    let mut manifest = manifest;
+    if let Some(steps) = resume_to {
         (model, state) = dir.load_checkpoint(model)?;
         optim = dir.load_optimizer(optim)?;
+        let total = steps.unwrap_or(config.steps);
+        if total <= state.step {
+            return Err(MoeError::Input(format!(
+                "the run in {} is already at step {}{}; pass --steps N with N > {} to train further",
+                dir.root().display(),
+                state.step,
+                match steps {
+                    Some(s) => format!(", so --steps {s} has nothing to train"),
+                    None => " (finished)".into(),
+                },
+                state.step
+            )));
+        }
+        config.steps = total;
+        manifest.train.steps = total;
         truncate_after(&dir.trace_path(), state.step)?;
+        truncate_after(&dir.metrics_path(), state.step)?;
         progress.message(&format!("resumed from step {}", state.step));
     } else {
-        for stale in [dir.trace_path(), dir.metrics_path()] {
-            std::fs::remove_file(stale).ok();
-        }
+        dir.prepare_fresh(&lock)?;
     }
     dir.write_manifest(&manifest)?; // fresh, or resumed with a new step count
     let mut trace = TraceWriter::append(&dir.trace_path())?;
@@ -234,7 +258,7 @@ pub fn train(
             config.min_lr_fraction,
         );
         model = optim.step(lr, model, grads);
-        model = model.update_balancers(&out.moe);
+        model = model.update_balancers(&out.moe)?;
 
         let records: Vec<TraceRecord> = out
             .moe
@@ -312,6 +336,7 @@ pub fn train(
             config.eval_batches,
         )?,
     };
+    drop(lock);
     Ok(TrainSummary {
         steps: state.step,
         final_train_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,

@@ -1,0 +1,156 @@
+//! Every command with a `--seed` repeats itself on the CPU backends.
+
+use crate::support::*;
+
+/// The JSON summary line of `args`, without the fields that are timings.
+fn summary(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.ok(), "{args:?}: {}", o.stderr);
+    let line = o.stdout.lines().last().unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    strip_timings(&mut v);
+    v
+}
+
+fn strip_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, _| {
+                !(k.contains("ms")
+                    || k.contains("seconds")
+                    || k.contains("per_s")
+                    || k == "out_dir")
+            });
+            map.values_mut().for_each(strip_timings);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_timings),
+        _ => {}
+    }
+}
+
+/// Every balancer name `--help` lists.
+const BALANCERS: [&str; 9] = [
+    "none",
+    "aux",
+    "gshard-aux",
+    "seq-aux",
+    "loss-free",
+    "loss-free-prop",
+    "bip",
+    "bip-noclamp",
+    "bip-lagged",
+];
+
+#[test]
+fn simulate_runs_every_balancer_and_repeats_itself_on_the_cpu_backends() {
+    for backend in ["flex", "ndarray"] {
+        for balancer in BALANCERS {
+            let args = [
+                "simulate",
+                "--balancer",
+                balancer,
+                "--steps",
+                "5",
+                "--tokens",
+                "1024",
+                "--seed",
+                "3",
+                "--backend",
+                backend,
+                "--json",
+            ];
+            assert_eq!(summary(&args), summary(&args), "{backend} {balancer}");
+        }
+    }
+}
+
+#[test]
+fn train_generate_and_demo_repeat_themselves() {
+    let root = temp_dir("repeat");
+    let (a, b) = (root.join("a"), root.join("b"));
+    for dir in [&a, &b] {
+        let o = train_tiny(dir, 5, &["--seed", "9"]);
+        assert!(o.ok(), "{}", o.stderr);
+    }
+    assert_eq!(train_losses(&a), train_losses(&b));
+    let generate = |dir: &std::path::Path| {
+        let d = dir.to_str().unwrap();
+        let o = run(&[
+            "generate",
+            "--checkpoint",
+            d,
+            "--prompt",
+            "To be",
+            "--max-tokens",
+            "40",
+            "--seed",
+            "5",
+        ]);
+        assert!(o.ok(), "{}", o.stderr);
+        o.stdout
+    };
+    assert_eq!(generate(&a), generate(&b));
+    for backend in ["flex", "ndarray"] {
+        let demo = || {
+            let o = run(&[
+                "demo",
+                "--backend",
+                backend,
+                "--tokens",
+                "512",
+                "--calls",
+                "1",
+                "--seed",
+                "4",
+            ]);
+            assert!(o.ok(), "{}", o.stderr);
+            // Routing statistics, not timings.
+            o.stdout
+                .lines()
+                .filter(|l| !l.contains("ms") && !l.contains("tokens/s"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(demo(), demo(), "{backend}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn study_repeats_itself() {
+    let root = temp_dir("repeat-study");
+    let run_study = |name: &str| {
+        let out = root.join(name);
+        let o = run(&[
+            "study",
+            "--out",
+            out.to_str().unwrap(),
+            "--preset",
+            "tiny",
+            "--steps",
+            "4",
+            "--balancers",
+            "none,bip",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "2",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--seed",
+            "5",
+            "--no-plots",
+            "--json",
+        ]);
+        assert!(o.ok(), "{}", o.stderr);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap())
+                .unwrap();
+        strip_timings(&mut v);
+        v
+    };
+    assert_eq!(run_study("a"), run_study("b"));
+    std::fs::remove_dir_all(&root).ok();
+}
