@@ -379,6 +379,25 @@ fn balancers_behave_on_a_skewed_router() {
     assert!(bip.avg_maxvio < 0.3 && bip.last_10_avg_maxvio < 0.3);
 }
 
+/// Every balancer name runs in `simulate` on every backend (loss balancers train the router).
+#[test]
+fn every_balancer_runs_in_simulate_on_every_backend() {
+    for (backend, device) in devices(false) {
+        for name in burn_moe::balance::BalancerConfig::NAMES {
+            let cfg = SimulationConfig {
+                tokens: 512,
+                seq_len: 128,
+                steps: 3,
+                ..SimulationConfig::new(name.parse().unwrap())
+            };
+            let report = simulate(&cfg, &device, |_, _| {})
+                .unwrap_or_else(|e| panic!("{backend} {name}: {e}"));
+            assert_eq!(report.maxvio.len(), 3, "{backend} {name}");
+            assert!(report.avg_maxvio.is_finite(), "{backend} {name}");
+        }
+    }
+}
+
 // ---------- wgpu vs ndarray ----------
 
 #[test]

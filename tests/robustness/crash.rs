@@ -82,7 +82,8 @@ fn killed_runs_evaluate_and_resume_to_the_uninterrupted_run() {
 fn two_writers_never_share_a_run_directory() {
     let root = temp_dir("lock");
     let dir = root.join("run");
-    let steps = "40".to_string();
+    // Long enough that the second writer arrives while the first one trains.
+    let steps = "120".to_string();
     let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", &steps];
     args.extend_from_slice(TINY);
     let mut first = command(&args)
@@ -95,12 +96,12 @@ fn two_writers_never_share_a_run_directory() {
     while !dir.join("run.json").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = train_tiny(&dir, 40, &["--overwrite"]);
+    let second = train_tiny(&dir, 120, &["--overwrite"]);
     let first_status = first.wait().unwrap();
     assert!(first_status.success(), "the first run was disturbed");
     assert!(!second.ok() && !second.panicked(), "{}", second.stderr);
     assert!(second.stderr.contains("in use"), "{}", second.stderr);
     let losses = train_losses(&dir);
-    assert_eq!(losses.len(), 40, "one run's lines, once each");
+    assert_eq!(losses.len(), 120, "one run's lines, once each");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -28,23 +28,10 @@ fn strip_timings(v: &mut serde_json::Value) {
     }
 }
 
-/// Every balancer name `--help` lists.
-const BALANCERS: [&str; 9] = [
-    "none",
-    "aux",
-    "gshard-aux",
-    "seq-aux",
-    "loss-free",
-    "loss-free-prop",
-    "bip",
-    "bip-noclamp",
-    "bip-lagged",
-];
-
 #[test]
 fn simulate_runs_every_balancer_and_repeats_itself_on_the_cpu_backends() {
     for backend in ["flex", "ndarray"] {
-        for balancer in BALANCERS {
+        for balancer in burn_moe::balance::BalancerConfig::NAMES {
             let args = [
                 "simulate",
                 "--balancer",
