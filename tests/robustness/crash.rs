@@ -1,7 +1,6 @@
 //! kill -9 at random moments of a training run, then eval and resume: every killed run must end
 //! with the losses and expert-load trace of the run that was never interrupted.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -32,15 +31,7 @@ fn killed_runs_evaluate_and_resume_to_the_uninterrupted_run() {
     let trials = 10;
     for trial in 0..trials {
         let dir = root.join(format!("trial-{trial}"));
-        let steps = STEPS.to_string();
-        let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", &steps];
-        args.extend_from_slice(TINY);
-        args.extend_from_slice(OPTIONS);
-        let mut child = command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_tiny(&dir, STEPS, OPTIONS);
         std::thread::sleep(full.mul_f64(rng.random_range(0.02..1.0)));
         child.kill().ok(); // SIGKILL
         let status = child.wait().unwrap();
@@ -83,14 +74,7 @@ fn two_writers_never_share_a_run_directory() {
     let root = temp_dir("lock");
     let dir = root.join("run");
     // Long enough that the second writer arrives while the first one trains.
-    let steps = "120".to_string();
-    let mut args = vec!["train", "--out", dir.to_str().unwrap(), "--steps", &steps];
-    args.extend_from_slice(TINY);
-    let mut first = command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_tiny(&dir, 120, &[]);
     // Wait until the first process holds the directory.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !dir.join("run.json").exists() && Instant::now() < deadline {

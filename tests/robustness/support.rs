@@ -134,13 +134,32 @@ pub const TINY: &[&str] = &[
     "2",
 ];
 
+/// The arguments of a tiny training run of `steps` steps into `out`.
+pub fn tiny_args(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--out", out.to_str().unwrap(), "--steps"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(steps.to_string());
+    args.extend(TINY.iter().chain(extra).map(|s| s.to_string()));
+    args
+}
+
+/// Starts a tiny training run in the background, its output discarded.
+pub fn spawn_tiny(out: &Path, steps: u64, extra: &[&str]) -> std::process::Child {
+    let args = tiny_args(out, steps, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start burn-moe")
+}
+
 /// Trains a tiny run of `steps` steps into `out` and returns the outcome.
 pub fn train_tiny(out: &Path, steps: u64, extra: &[&str]) -> Outcome {
-    let steps = steps.to_string();
-    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--steps", &steps];
-    args.extend_from_slice(TINY);
-    args.extend_from_slice(extra);
-    run(&args)
+    let args = tiny_args(out, steps, extra);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// `(step, train_loss)` of every training line of a run's metrics, as written.
