@@ -199,12 +199,14 @@ mod tests {
         let got: Vec<_> = reader.by_ref().map(|r| r.unwrap().step).collect();
         assert_eq!(got, vec![1, 2, 3]);
         assert_eq!(reader.skipped, vec![4]);
+        let steps = |p: &Path| -> Vec<u64> {
+            TraceReader::open(p)
+                .unwrap()
+                .map(|r| r.unwrap().step)
+                .collect()
+        };
         truncate_after(&path, 2).unwrap();
-        let got: Vec<_> = TraceReader::open(&path)
-            .unwrap()
-            .map(|r| r.unwrap().step)
-            .collect();
-        assert_eq!(got, vec![1, 2]);
+        assert_eq!(steps(&path), vec![1, 2]);
         // A temporary file left by a killed run is replaced, never appended to.
         let stale = dir.join(format!("trace.jsonl.tmp-{}", std::process::id()));
         std::fs::write(
@@ -213,11 +215,7 @@ mod tests {
         )
         .unwrap();
         truncate_after(&path, 2).unwrap();
-        let got: Vec<_> = TraceReader::open(&path)
-            .unwrap()
-            .map(|r| r.unwrap().step)
-            .collect();
-        assert_eq!(got, vec![1, 2]);
+        assert_eq!(steps(&path), vec![1, 2]);
         // Metrics lines (other fields, same `step`) are truncated the same way.
         let metrics = dir.join("metrics.jsonl");
         std::fs::write(

@@ -262,28 +262,30 @@ impl RunDir {
         Ok(self.root.join(name))
     }
 
-    /// Errors, naming the file, unless checkpoint file `file` of `dir` matches the digest
+    /// Errors, naming the file, unless every checkpoint file in `files` of `dir` matches the digest
     /// recorded in `checksums.json`.
-    fn verify(dir: &Path, file: &str) -> Result<()> {
+    fn verify(dir: &Path, files: &[&str]) -> Result<()> {
         let sums_path = dir.join("checksums.json");
         let text = std::fs::read_to_string(&sums_path)
             .map_err(|e| io_err("reading (incomplete checkpoint?)", &sums_path, e))?;
         let sums: std::collections::BTreeMap<String, FileDigest> =
             serde_json::from_str(&text).map_err(|e| io_err("parsing", &sums_path, e))?;
-        let digest = sums.get(file).ok_or_else(|| {
-            MoeError::Io(format!(
-                "{} records no digest of {file}",
-                sums_path.display()
-            ))
-        })?;
-        digest.verify(&dir.join(file))
+        for file in files {
+            let digest = sums.get(*file).ok_or_else(|| {
+                MoeError::Io(format!(
+                    "{} records no digest of {file}",
+                    sums_path.display()
+                ))
+            })?;
+            digest.verify(&dir.join(file))?;
+        }
+        Ok(())
     }
 
     /// Loads the newest checkpoint's weights (with balancer state) into `model`.
     pub fn load_checkpoint(&self, model: MoeLm) -> Result<(MoeLm, CheckpointState)> {
         let dir = self.latest_checkpoint()?;
-        Self::verify(&dir, "model.bpk")?;
-        Self::verify(&dir, "state.json")?;
+        Self::verify(&dir, &["model.bpk", "state.json"])?;
         let model = load_module(model, &dir.join("model.bpk"))?;
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| io_err("reading", &path, e))?;
@@ -294,7 +296,7 @@ impl RunDir {
     /// Loads the newest checkpoint's optimizer state into `optim`.
     pub fn load_optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
         let dir = self.latest_checkpoint()?;
-        Self::verify(&dir, "optim.bpk")?;
+        Self::verify(&dir, &["optim.bpk"])?;
         let path = dir.join("optim.bpk");
         optim
             .load(&path)
