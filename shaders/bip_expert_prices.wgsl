@@ -1,7 +1,10 @@
-// BIP dual iteration, expert half: q_j = R-th largest over tokens i of (s_ij - p_i), with
-// R = floor(k n / m) + 1, one workgroup per expert. Exact radix select on the order-preserving
-// integer image of the f32 values (4 passes of 8 bits, a 256-bin histogram each), so no sort.
-// Clamped at 0 when `clamp` is set; 0 when R > n.
+// BIP dual iteration, expert half: q_j = the price between the C-th and (C+1)-th largest over
+// tokens i of (s_ij - p_i), C = floor(k n / m) = R - 1, one workgroup per expert. The (C+1)-th
+// largest v comes from an exact radix select on the order-preserving integer image of the f32
+// values (4 passes of 8 bits, a 256-bin histogram each), so no sort; a fifth pass finds the
+// smallest value above v, and when exactly C values lie above v the price is their midpoint
+// (a price on a value would leave a token on an exact tie). Clamped at 0 when `clamp` is set;
+// 0 when R > n.
 
 struct Params {
     tokens: u32,
@@ -21,6 +24,8 @@ const THREADS: u32 = 256u;
 var<workgroup> histogram: array<atomic<u32>, 256>;
 var<workgroup> chosen_prefix: u32;
 var<workgroup> remaining_rank: u32;
+var<workgroup> above_count: atomic<u32>;
+var<workgroup> above_min: atomic<u32>;
 
 // Larger float -> larger key (IEEE total order: -0 sorts below +0).
 fn key_of(v: f32) -> u32 {
@@ -46,6 +51,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if lid == 0u {
         chosen_prefix = 0u;
         remaining_rank = params.expert_rank;
+        atomicStore(&above_count, 0u);
+        atomicStore(&above_min, 0xffffffffu);
     }
     workgroupBarrier();
 
@@ -81,10 +88,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         mask = mask | (255u << shift);
     }
 
+    // The values above the selected one: how many, and the smallest.
+    let chosen = chosen_prefix;
+    for (var i = lid; i < n; i += THREADS) {
+        let key = key_of(scores[i * m + j] - p[i]);
+        if key > chosen {
+            atomicAdd(&above_count, 1u);
+            atomicMin(&above_min, key);
+        }
+    }
+    workgroupBarrier();
+
     if lid == 0u {
         var price = 0.0;
         if params.expert_rank <= n {
-            price = value_of(chosen_prefix);
+            price = value_of(chosen);
+            let admitted = params.expert_rank - 1u;
+            if admitted >= 1u && atomicLoad(&above_count) == admitted {
+                price = (value_of(atomicLoad(&above_min)) + price) * 0.5;
+            }
             if params.clamp == 1u {
                 price = max(price, 0.0);
             }

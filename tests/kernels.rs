@@ -9,7 +9,7 @@
 mod common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_moe::balance::{LossFreeUpdate, bip, loss_free};
+use burn_moe::balance::{LossFreeUpdate, bip, loss_free, quantile};
 use burn_moe::kernels::{self, KernelPath};
 use burn_moe::moe::ScoreFunction;
 use burn_moe::routing::capacity::admit;
@@ -309,6 +309,49 @@ fn check_bip(device: &Device, path: KernelPath, what: &str) {
     }
 }
 
+/// QB's bias update against `balance::quantile::quantile_bias`: exact and histogram
+/// estimators, with and without EMA. Selections and counts are exact; only the centring mean
+/// is summed in another order, hence the 1e-6 tolerance (a wrong selection or count moves a
+/// bias by the gap between two scores or a fraction of a bin, ~1e-4 here).
+fn check_qb(device: &Device, path: KernelPath, what: &str) {
+    use burn_moe::balance::QuantileEstimator::{Exact, Histogram};
+    // (tokens, experts, k, estimator, ema, coarse)
+    let cases = [
+        (1, 4, 1, Exact, 0.0, false),
+        (64, 8, 2, Exact, 0.0, true),
+        (300, 16, 2, Histogram { bins: 1000 }, 0.0, false),
+        (257, 16, 4, Histogram { bins: 64 }, 0.5, true),
+        (40, 8, 8, Exact, 0.9, false),
+        (129, 256, 2, Histogram { bins: 4096 }, 0.0, false),
+        (513, 64, 8, Exact, 0.0, false),
+    ];
+    for (i, &(n, m, k, estimator, ema, coarse)) in cases.iter().enumerate() {
+        let l = logits(n, m, coarse, 1700 + i as u64);
+        let scores = scores_from_logits(&l, m, ScoreFunction::Softmax);
+        let b0: Vec<f32> = normal_vec(m, 1800 + i as u64)
+            .iter()
+            .map(|v| v * 0.01)
+            .collect();
+        let expected = quantile::quantile_bias(&scores, &b0, m, k, estimator, ema);
+        let got = kernels::qb_update(
+            float2(scores, [n, m], device),
+            float1(b0, device),
+            k,
+            estimator,
+            ema,
+            path,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{what} case {i} {estimator:?}"),
+            &host(got),
+            &expected,
+            1e-6,
+            0.0,
+        );
+    }
+}
+
 fn check_nan(device: &Device, path: KernelPath, what: &str) {
     let (n, m) = (70, 8);
     let mut l = normal_vec(n * m, 900);
@@ -341,6 +384,7 @@ fn check_all(device: &Device, path: KernelPath, what: &str) {
     check_histogram(device, path, what);
     check_loss_free(device, path, what);
     check_bip(device, path, what);
+    check_qb(device, path, what);
     check_nan(device, path, what);
 }
 
@@ -408,6 +452,74 @@ fn wgsl_path_is_refused_on_cpu_devices_and_bad_inputs_are_reported() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("groups"), "{err}");
+}
+
+/// Offset balancers from the same logits on wgpu and ndarray: the scores (softmax on each
+/// device) differ in their last bits, yet the prices (BIP after T dual iterations, QB after one
+/// update) route every token to the same experts. A price set exactly on a value leaves tokens
+/// on exact ties, which those last bits decide.
+#[test]
+fn offset_balancers_route_the_same_on_wgpu_and_ndarray_from_the_same_logits() {
+    use burn::tensor::activation::softmax;
+    use burn_moe::balance::QuantileEstimator;
+    let Some(gpu) = wgpu_device(false) else {
+        return;
+    };
+    let cpu = ndarray(false);
+    // (tokens, experts, k, BIP iterations, clamp)
+    let cases = [
+        (4096, 64, 2, 1, true),
+        (4096, 64, 2, 4, false),
+        (2048, 16, 2, 8, true),
+        (1024, 16, 4, 2, false),
+    ];
+    for (case, &(n, m, k, iterations, clamp)) in cases.iter().enumerate() {
+        // Skewed logits: a few experts are everyone's favourites, so the prices matter.
+        let l: Vec<f32> = normal_vec(n * m, 3000 + case as u64)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 2.0 * ((i % m) < 3) as u8 as f32)
+            .collect();
+        let route = |device: &Device| {
+            let logits = float2(l.clone(), [n, m], device);
+            let scores = softmax(logits.clone(), 1);
+            let auto = KernelPath::Auto;
+            let q = kernels::bip_dual(
+                scores.clone(),
+                Tensor::zeros([m], device),
+                k,
+                iterations,
+                clamp,
+                auto,
+            )
+            .unwrap();
+            let bip =
+                kernels::gate_topk(logits.clone(), q.neg(), None, k, false, false, auto).unwrap();
+            let b = kernels::qb_update(
+                scores,
+                Tensor::zeros([m], device),
+                k,
+                QuantileEstimator::Exact,
+                0.0,
+                auto,
+            )
+            .unwrap();
+            let qb = kernels::gate_topk(logits, b, None, k, false, false, auto).unwrap();
+            (ints(bip.indices), ints(qb.indices))
+        };
+        let (on_gpu, on_cpu) = (route(&gpu), route(&cpu));
+        let differ = |a: &[i64], b: &[i64]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differ(&on_gpu.0, &on_cpu.0),
+            0,
+            "case {case}: BIP choices that differ"
+        );
+        assert_eq!(
+            differ(&on_gpu.1, &on_cpu.1),
+            0,
+            "case {case}: QB choices that differ"
+        );
+    }
 }
 
 /// The layer routes identically with the kernels (WGSL on wgpu, tensor ops on ndarray) and with

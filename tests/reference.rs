@@ -1,4 +1,4 @@
-//! The layer against a plain-Rust loop over the formulas of ALGORITHMS.md sections 1-2, written
+//! The layer against a plain-Rust loop over the formulas of `docs/algorithms.md`, written
 //! here independently of the crate's routing code, on random inputs and weights (ndarray).
 
 mod common;

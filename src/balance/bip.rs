@@ -5,8 +5,10 @@
 //! ```
 //!
 //! Each dual iteration prices tokens, `p_i = max(0, (k+1)-th largest_j (s_ij - q_j))`, then
-//! experts, `q_j = max(0, (floor(k n / m) + 1)-th largest_i (s_ij - p_i))`. Tokens then take the
-//! top-k of `s_ij - q_j`. Without the clamp this is the quantile-balancing form.
+//! experts, `q_j = max(0, price between the C-th and (C+1)-th largest_i (s_ij - p_i))` with
+//! `C = floor(k n / m)` ([`column_price`]). Tokens then take the top-k of `s_ij - q_j`. Without
+//! the clamp this is the dual step of quantile balancing (`super::quantile`).
+//! Formulas and sources: `docs/algorithms.md`.
 
 /// The `rank`-th largest value (1-based, ties counted with multiplicity), or `None` when there
 /// are fewer than `rank` values. Linear time (quickselect), so no full sort.
@@ -18,10 +20,28 @@ pub fn kth_largest(values: &mut [f32], rank: usize) -> Option<f32> {
     Some(*v)
 }
 
+/// The price that admits the `admitted` largest of `values` and rejects the rest: the midpoint
+/// of the `admitted`-th and `(admitted + 1)`-th largest values (the `(admitted + 1)`-th itself
+/// when `admitted = 0` or the two are equal). A price set exactly on a value would leave that
+/// token on an exact tie, so that its routing turned on the last bits of the scores.
+/// `None` when there are at most `admitted` values (no constraint binds).
+pub fn column_price(values: &mut [f32], admitted: usize) -> Option<f32> {
+    if admitted >= values.len() {
+        return None;
+    }
+    let (above, v, _) = values.select_nth_unstable_by(admitted, |a, b| b.total_cmp(a));
+    let v = *v;
+    // `above` holds the `admitted` largest values; the smallest of them is the admitted-th.
+    Some(match above.iter().copied().min_by(f32::total_cmp) {
+        Some(last_in) if last_in > v => (last_in + v) * 0.5,
+        _ => v,
+    })
+}
+
 /// Runs `iterations` dual iterations from prices `q` on scores `[tokens, experts]`.
 ///
-/// Where the (k+1)-th or (floor(kn/m)+1)-th value does not exist (`k = m`: no constraint binds)
-/// the price is 0.
+/// Where the (k+1)-th value or the rejected (floor(kn/m)+1)-th value does not exist (`k = m`:
+/// no constraint binds) the price is 0.
 pub fn dual_prices(
     scores: &[f32],
     q: &[f32],
@@ -31,7 +51,7 @@ pub fn dual_prices(
     iterations: usize,
     clamp: bool,
 ) -> Vec<f32> {
-    let expert_rank = k * tokens / experts + 1;
+    let admitted = k * tokens / experts;
     let clamp_fn = |v: f32| if clamp { v.max(0.0) } else { v };
     let mut q = q.to_vec();
     let mut p = vec![0.0f32; tokens];
@@ -49,7 +69,7 @@ pub fn dual_prices(
                 .iter_mut()
                 .enumerate()
                 .for_each(|(i, c)| *c = scores[i * experts + j] - p[i]);
-            *qj = kth_largest(&mut column, expert_rank).map_or(0.0, clamp_fn);
+            *qj = column_price(&mut column, admitted).map_or(0.0, clamp_fn);
         }
     }
     q
@@ -66,6 +86,17 @@ mod tests {
         assert_eq!(kth_largest(&mut v, 2), Some(0.9));
         assert_eq!(kth_largest(&mut v, 3), Some(0.3));
         assert_eq!(kth_largest(&mut v, 5), None);
+    }
+
+    #[test]
+    fn column_price_sits_between_admitted_and_rejected() {
+        let mut v = [0.1, 0.5, 0.3, 0.9];
+        assert_eq!(column_price(&mut v, 2), Some(0.4)); // between 0.5 and 0.3
+        let mut v = [0.1, 0.5, 0.5, 0.9];
+        assert_eq!(column_price(&mut v, 2), Some(0.5)); // a tie no price can split
+        let mut v = [0.1, 0.5];
+        assert_eq!(column_price(&mut v, 0), Some(0.5));
+        assert_eq!(column_price(&mut v, 2), None);
     }
 
     #[test]

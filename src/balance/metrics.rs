@@ -1,4 +1,4 @@
-//! Balance metrics from per-expert token counts (`ALGORITHMS.md` section 4).
+//! Balance metrics from per-expert token counts (`docs/algorithms.md`).
 
 use crate::moe::MoeOutput;
 

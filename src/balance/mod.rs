@@ -1,12 +1,15 @@
 //! Load balancing, chosen by [`BalancerConfig`]: loss terms (Switch, GShard, sequence-wise aux
 //! losses, router z-loss) and selection offsets kept as layer state (Loss-Free bias, BIP dual
-//! prices). Formulas: `ALGORITHMS.md` section 3.
+//! prices, quantile-balancing bias). Formulas and sources: `docs/algorithms.md`.
 
 pub mod bip;
 pub mod loss_free;
 pub mod losses;
 pub mod metrics;
+pub mod quantile;
 pub mod simulate;
+
+pub use quantile::QuantileEstimator;
 
 use std::fmt;
 use std::str::FromStr;
@@ -72,11 +75,21 @@ pub enum BalancerConfig {
         /// Update-then-route or route-then-update.
         order: BipOrder,
     },
+    /// Quantile balancing: select with `s + b`; after each training batch `b` is minus each
+    /// expert's (1 - k/m) quantile of `s_ij - a_i` (`a_i`: token i's (k+1)-th `s + b`), centred.
+    Quantile {
+        /// Exact quantile or the histogram estimator.
+        estimator: QuantileEstimator,
+        /// Weight of the previous bias, `b <- ema * b_old + (1 - ema) * b_new`, in `[0, 1)`;
+        /// 0 (the default of `qb`) uses each batch's bias as it is.
+        ema: f64,
+    },
 }
 
 impl BalancerConfig {
-    /// Names accepted by [`FromStr`], each with the defaults of its paper.
-    pub const NAMES: [&'static str; 9] = [
+    /// Names accepted by [`FromStr`], each with the defaults of its paper (parameters can follow
+    /// a colon, see [`FromStr`]).
+    pub const NAMES: [&'static str; 11] = [
         "none",
         "aux",
         "gshard-aux",
@@ -86,6 +99,8 @@ impl BalancerConfig {
         "bip",
         "bip-noclamp",
         "bip-lagged",
+        "qb",
+        "qb-hist",
     ];
 
     /// Checks the parameters: weights and rates finite and positive, `T >= 1`.
@@ -107,6 +122,22 @@ impl BalancerConfig {
             BalancerConfig::Bip { iterations, .. } => ensure_config(iterations >= 1, || {
                 "bip iterations (T) must be at least 1".into()
             }),
+            BalancerConfig::Quantile { estimator, ema } => {
+                ensure_config((0.0..1.0).contains(&ema), || {
+                    format!("qb ema must be a number in [0, 1), got {ema}")
+                })?;
+                match estimator {
+                    QuantileEstimator::Histogram { bins } => {
+                        ensure_config((2..=quantile::MAX_BINS).contains(&bins), || {
+                            format!(
+                                "qb histogram bins must be in 2..={}, got {bins}",
+                                quantile::MAX_BINS
+                            )
+                        })
+                    }
+                    QuantileEstimator::Exact => Ok(()),
+                }
+            }
         }
     }
 
@@ -114,7 +145,9 @@ impl BalancerConfig {
     pub fn has_state(&self) -> bool {
         matches!(
             self,
-            BalancerConfig::LossFree { .. } | BalancerConfig::Bip { .. }
+            BalancerConfig::LossFree { .. }
+                | BalancerConfig::Bip { .. }
+                | BalancerConfig::Quantile { .. }
         )
     }
 }
@@ -122,13 +155,33 @@ impl BalancerConfig {
 impl FromStr for BalancerConfig {
     type Err = MoeError;
 
+    /// A name of [`BalancerConfig::NAMES`], optionally followed by parameters,
+    /// `name:key=value,key=value`: `alpha` (aux losses), `u` (Loss-Free), `t` (BIP iterations),
+    /// `bins` (`qb-hist`), `ema` (QB). E.g. `bip:t=4`, `qb-hist:bins=500,ema=0.5`.
     fn from_str(s: &str) -> Result<Self> {
+        let (name, params) = s.split_once(':').unwrap_or((s, ""));
+        let mut balancer = Self::named(name)?;
+        for pair in params.split(',').filter(|p| !p.is_empty()) {
+            balancer.set(name, pair)?;
+        }
+        balancer.validate()?;
+        Ok(balancer)
+    }
+}
+
+impl BalancerConfig {
+    /// The balancer of a name of [`Self::NAMES`], with its paper's defaults.
+    fn named(name: &str) -> Result<Self> {
         let bip = |clamp, order| BalancerConfig::Bip {
             iterations: 1,
             clamp,
             order,
         };
-        Ok(match s {
+        let qb = |estimator| BalancerConfig::Quantile {
+            estimator,
+            ema: 0.0,
+        };
+        Ok(match name {
             "none" => BalancerConfig::None,
             "aux" => BalancerConfig::Aux { alpha: 1e-2 },
             "gshard-aux" => BalancerConfig::GShardAux { alpha: 1e-2 },
@@ -144,6 +197,8 @@ impl FromStr for BalancerConfig {
             "bip" => bip(true, BipOrder::UpdateThenRoute),
             "bip-noclamp" => bip(false, BipOrder::UpdateThenRoute),
             "bip-lagged" => bip(true, BipOrder::RouteThenUpdate),
+            "qb" => qb(QuantileEstimator::Exact),
+            "qb-hist" => qb(QuantileEstimator::Histogram { bins: 1000 }),
             other => {
                 return Err(MoeError::Config(format!(
                     "unknown balancer `{other}`: expected one of {}",
@@ -151,6 +206,49 @@ impl FromStr for BalancerConfig {
                 )));
             }
         })
+    }
+
+    /// Applies one `key=value` parameter of balancer `name`.
+    fn set(&mut self, name: &str, pair: &str) -> Result<()> {
+        let bad = |what: &str| MoeError::Config(format!("balancer `{name}`: {what}"));
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("parameter `{pair}` is not key=value")))?;
+        let number = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| bad(&format!("`{key}` needs a number, got `{v}`")))
+        };
+        let count = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| bad(&format!("`{key}` needs a whole number, got `{v}`")))
+        };
+        match (self, key.trim()) {
+            (
+                BalancerConfig::Aux { alpha }
+                | BalancerConfig::GShardAux { alpha }
+                | BalancerConfig::SeqAux { alpha },
+                "alpha",
+            ) => *alpha = number(value)?,
+            (BalancerConfig::LossFree { rate, .. }, "u") => *rate = number(value)?,
+            (BalancerConfig::Bip { iterations, .. }, "t") => *iterations = count(value)?,
+            (
+                BalancerConfig::Quantile {
+                    estimator: QuantileEstimator::Histogram { bins },
+                    ..
+                },
+                "bins",
+            ) => *bins = count(value)?,
+            (BalancerConfig::Quantile { ema, .. }, "ema") => *ema = number(value)?,
+            (_, key) => {
+                return Err(bad(&format!(
+                    "unknown parameter `{key}` (alpha: aux losses, u: loss-free, t: bip, \
+                     bins: qb-hist, ema: qb)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -174,6 +272,10 @@ impl fmt::Display for BalancerSummary<'_> {
             } => {
                 write!(f, "bip(T={iterations}, clamp={clamp}, {order:?})")
             }
+            BalancerConfig::Quantile { estimator, ema } => match estimator {
+                QuantileEstimator::Exact => write!(f, "qb(exact, ema={ema})"),
+                QuantileEstimator::Histogram { bins } => write!(f, "qb(hist B={bins}, ema={ema})"),
+            },
         }
     }
 }
@@ -209,7 +311,7 @@ pub(crate) fn offset_before_routing(
         };
     };
     match *config {
-        BalancerConfig::LossFree { .. } => OffsetStep {
+        BalancerConfig::LossFree { .. } | BalancerConfig::Quantile { .. } => OffsetStep {
             offset: Some(state.to_vec()),
             pending: None,
         },
@@ -276,6 +378,14 @@ pub(crate) fn state_after_routing(
             clamp,
         )),
         BalancerConfig::Bip { .. } => step.pending,
+        BalancerConfig::Quantile { estimator, ema } => Some(quantile::quantile_bias(
+            scores,
+            state,
+            plan.experts,
+            plan.top_k,
+            estimator,
+            ema as f32,
+        )),
         _ => None,
     }
 }
@@ -292,6 +402,48 @@ mod tests {
         }
         let err = "magic".parse::<BalancerConfig>().unwrap_err().to_string();
         assert!(err.contains("unknown balancer `magic`") && err.contains("loss-free"));
+    }
+
+    #[test]
+    fn parameters_follow_the_name() {
+        let parse = |s: &str| s.parse::<BalancerConfig>();
+        assert_eq!(
+            parse("bip:t=4").unwrap(),
+            BalancerConfig::Bip {
+                iterations: 4,
+                clamp: true,
+                order: BipOrder::UpdateThenRoute
+            }
+        );
+        assert_eq!(
+            parse("qb-hist:bins=500,ema=0.5").unwrap(),
+            BalancerConfig::Quantile {
+                estimator: QuantileEstimator::Histogram { bins: 500 },
+                ema: 0.5
+            }
+        );
+        assert_eq!(
+            parse("aux:alpha=1e-3").unwrap(),
+            BalancerConfig::Aux { alpha: 1e-3 }
+        );
+        assert_eq!(
+            parse("loss-free:u=0.01").unwrap(),
+            BalancerConfig::LossFree {
+                rate: 0.01,
+                update: LossFreeUpdate::Sign
+            }
+        );
+        for (bad, says) in [
+            ("qb:bins=10", "unknown parameter `bins`"),
+            ("bip:t", "not key=value"),
+            ("bip:t=two", "whole number"),
+            ("bip:t=0", "at least 1"),
+            ("qb:ema=1.5", "ema"),
+            ("aux:alpha=nan", "alpha"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -319,5 +471,18 @@ mod tests {
         );
         assert!(BalancerConfig::Aux { alpha: f64::NAN }.validate().is_err());
         assert!(BalancerConfig::Aux { alpha: -1.0 }.validate().is_err());
+        let qb = |estimator, ema| BalancerConfig::Quantile { estimator, ema };
+        assert!(
+            qb(QuantileEstimator::Exact, 1.0)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ema")
+        );
+        assert!(qb(QuantileEstimator::Exact, f64::NAN).validate().is_err());
+        let bins = |bins| qb(QuantileEstimator::Histogram { bins }, 0.0).validate();
+        assert!(bins(1).unwrap_err().to_string().contains("bins"));
+        assert!(bins(quantile::MAX_BINS + 1).is_err());
+        assert!(bins(quantile::MAX_BINS).is_ok());
     }
 }

@@ -26,7 +26,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// Balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip, bip-noclamp,
-    /// bip-lagged.
+    /// bip-lagged, qb, qb-hist; parameters may follow, e.g. bip:t=4, qb-hist:bins=500,ema=0.5.
     #[arg(long, default_value = "bip")]
     pub balancer: BalancerConfig,
     /// Loss-Free update rate u (overrides the default 1e-3).
@@ -71,7 +71,7 @@ fn balancer(args: &SimulateArgs) -> BalancerConfig {
         BalancerConfig::Bip { iterations, .. } => {
             *iterations = args.iterations.unwrap_or(*iterations)
         }
-        BalancerConfig::None => {}
+        BalancerConfig::None | BalancerConfig::Quantile { .. } => {}
     }
     b
 }

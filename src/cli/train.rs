@@ -53,7 +53,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub capacity_factor: Option<f64>,
     /// Load balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip,
-    /// bip-noclamp, bip-lagged.
+    /// bip-noclamp, bip-lagged, qb, qb-hist; parameters may follow, e.g. bip:t=4.
     #[arg(long, default_value = "none")]
     pub balancer: BalancerConfig,
     /// Router z-loss weight (0: off).

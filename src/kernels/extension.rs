@@ -69,6 +69,26 @@ pub trait RoutingKernels: Backend {
         iterations: usize,
         clamp: bool,
     ) -> FloatTensor<Self>;
+
+    /// Each token's cutoff, the (k+1)-th largest `s_ij - q_j` over experts (0 when `k = m`):
+    /// `scores [n, m]`, `q [m]` -> `[n]`.
+    #[fusion(meta = |scores, _q, _top_k| TensorSpec::new(Shape::new([scores.shape[0]]), scores.dtype))]
+    fn token_cutoffs(
+        scores: FloatTensor<Self>,
+        q: FloatTensor<Self>,
+        top_k: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Per-expert histograms of `s_ij - a_i` in `bins` bins, bin `floor((v - lo) * scale)`
+    /// clamped to the range, `bounds = [lo, scale]`:
+    /// `scores [n, m]`, `cutoffs [n]` -> counts `[m, bins]`.
+    #[fusion(meta = |scores, _cutoffs, _bounds, bins| TensorSpec::new(Shape::new([scores.shape[1], *bins]), DType::I32))]
+    fn cutoff_histogram(
+        scores: FloatTensor<Self>,
+        cutoffs: FloatTensor<Self>,
+        bounds: FloatTensor<Self>,
+        bins: usize,
+    ) -> IntTensor<Self>;
 }
 
 /// Routing decisions carry no gradient: the autodiff backend runs the inner backend's kernels
@@ -134,5 +154,31 @@ impl<B: RoutingKernels, C: CheckpointStrategy> RoutingKernels for Autodiff<B, C>
             iterations,
             clamp,
         ))
+    }
+
+    fn token_cutoffs(
+        scores: FloatTensor<Self>,
+        q: FloatTensor<Self>,
+        top_k: usize,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::token_cutoffs(
+            scores.into_primitive(),
+            q.into_primitive(),
+            top_k,
+        ))
+    }
+
+    fn cutoff_histogram(
+        scores: FloatTensor<Self>,
+        cutoffs: FloatTensor<Self>,
+        bounds: FloatTensor<Self>,
+        bins: usize,
+    ) -> IntTensor<Self> {
+        B::cutoff_histogram(
+            scores.into_primitive(),
+            cutoffs.into_primitive(),
+            bounds.into_primitive(),
+            bins,
+        )
     }
 }

@@ -1,6 +1,6 @@
 //! The hot routing steps as kernels: gating/top-k with the balancer offset, per-expert
-//! histograms with queue positions (capacity dropping in token order), and the Loss-Free and
-//! BIP balancer updates.
+//! histograms with queue positions (capacity dropping in token order), and the Loss-Free, BIP
+//! and quantile-balancing updates.
 //!
 //! Two implementations with one contract: the WGSL shaders of `shaders/` ([`wgsl`], through the
 //! [`RoutingKernels`] backend extension) on wgpu, and Burn tensor ops ([`portable`]) everywhere
@@ -9,9 +9,11 @@
 
 mod extension;
 pub mod portable;
+mod quantile;
 mod wgsl;
 
 pub use extension::RoutingKernels;
+pub use quantile::{histogram_quantile, qb_update};
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::config::Config;
@@ -231,7 +233,7 @@ pub fn loss_free_update(
     ))
 }
 
-/// `iterations` BIP dual iterations (ALGORITHMS.md section 3) on `scores [tokens, experts]`
+/// `iterations` BIP dual iterations (`docs/algorithms.md`, `crate::balance::bip`) on `scores [tokens, experts]`
 /// from prices `q [experts]`; returns the new `q`.
 pub fn bip_dual(
     scores: Tensor<2>,

@@ -2,11 +2,11 @@
 //! comparison path on wgpu. Same contract and same answers as the WGSL kernels.
 
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use super::{Histogram, TopK};
 
-/// See [`super::RoutingOps::gate_topk`].
+/// See [`super::RoutingKernels::gate_topk`].
 pub fn gate_topk(
     logits: Tensor<2>,
     offset: Tensor<1>,
@@ -72,7 +72,7 @@ pub fn gate_topk(
     }
 }
 
-/// See [`super::RoutingOps::expert_histogram`].
+/// See [`super::RoutingKernels::expert_histogram`].
 pub fn expert_histogram(
     indices: Tensor<2, Int>,
     used: Tensor<2, Int>,
@@ -125,7 +125,7 @@ pub fn expert_histogram(
     }
 }
 
-/// See [`super::RoutingOps::loss_free_update`].
+/// See [`super::RoutingKernels::loss_free_update`].
 pub fn loss_free_update(
     bias: Tensor<1>,
     requested: Tensor<2, Int>,
@@ -145,7 +145,7 @@ pub fn loss_free_update(
     bias + step.mul_scalar(rate)
 }
 
-/// See [`super::RoutingOps::bip_dual`].
+/// See [`super::RoutingKernels::bip_dual`].
 pub fn bip_dual(
     scores: Tensor<2>,
     mut q: Tensor<1>,
@@ -155,26 +155,69 @@ pub fn bip_dual(
 ) -> Tensor<1> {
     let [n, m] = scores.dims();
     let device = scores.device();
-    let expert_rank = top_k * n / m + 1;
+    let admitted = top_k * n / m;
     let clamp_fn = |t: Tensor<2>| if clamp { t.clamp_min(0.0) } else { t };
     for _ in 0..iterations {
-        let selection = scores.clone() - q.unsqueeze_dim::<2>(0).expand([n, m]);
-        let p = if top_k < m {
-            clamp_fn(selection.sort_descending(1).slice([0..n, top_k..top_k + 1]))
-        } else {
-            Tensor::zeros([n, 1], &device)
-        };
+        let p = clamp_fn(token_cutoffs(scores.clone(), q, top_k).unsqueeze_dim(1));
         let column = scores.clone() - p.expand([n, m]);
-        q = if expert_rank <= n {
-            clamp_fn(
-                column
-                    .sort_descending(0)
-                    .slice([expert_rank - 1..expert_rank, 0..m]),
-            )
-            .reshape([m])
+        q = if admitted < n {
+            // Between the last admitted and the first rejected value (equal on a tie).
+            let sorted = column.sort_descending(0);
+            let rejected = sorted.clone().slice([admitted..admitted + 1, 0..m]);
+            let price = match admitted {
+                0 => rejected,
+                _ => (sorted.slice([admitted - 1..admitted, 0..m]) + rejected).mul_scalar(0.5),
+            };
+            clamp_fn(price).reshape([m])
         } else {
             Tensor::zeros([m], &device)
         };
     }
     q
+}
+
+/// See [`super::RoutingKernels::token_cutoffs`].
+pub fn token_cutoffs(scores: Tensor<2>, q: Tensor<1>, top_k: usize) -> Tensor<1> {
+    let [n, m] = scores.dims();
+    if top_k >= m {
+        return Tensor::zeros([n], &scores.device());
+    }
+    (scores - q.unsqueeze_dim::<2>(0).expand([n, m]))
+        .sort_descending(1)
+        .slice([0..n, top_k..top_k + 1])
+        .reshape([n])
+}
+
+/// See [`super::RoutingKernels::cutoff_histogram`].
+pub fn cutoff_histogram(
+    scores: Tensor<2>,
+    cutoffs: Tensor<1>,
+    bounds: Tensor<1>,
+    bins: usize,
+) -> Tensor<2, Int> {
+    let [n, m] = scores.dims();
+    let device = scores.device();
+    let at = |i: usize| {
+        bounds
+            .clone()
+            .slice([i..i + 1])
+            .unsqueeze_dim::<2>(0)
+            .expand([n, m])
+    };
+    let bin = ((scores - cutoffs.unsqueeze_dim::<2>(1).expand([n, m]) - at(0)) * at(1))
+        .floor()
+        .clamp(0.0, (bins - 1) as f32)
+        .int();
+    let expert = Tensor::<1, Int>::arange(0..m as i64, &device)
+        .mul_scalar(bins as i64)
+        .unsqueeze_dim::<2>(0)
+        .expand([n, m]);
+    Tensor::<1, Int>::zeros([m * bins], &device)
+        .scatter(
+            0,
+            (bin + expert).reshape([n * m]),
+            Tensor::ones([n * m], &device),
+            IndexingUpdateOp::Add,
+        )
+        .reshape([m, bins])
 }

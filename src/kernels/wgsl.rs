@@ -21,6 +21,7 @@ const EXPERT_POSITIONS: &str = include_str!("../../shaders/expert_positions.wgsl
 const LOSS_FREE_UPDATE: &str = include_str!("../../shaders/loss_free_update.wgsl");
 const BIP_TOKEN_PRICES: &str = include_str!("../../shaders/bip_token_prices.wgsl");
 const BIP_EXPERT_PRICES: &str = include_str!("../../shaders/bip_expert_prices.wgsl");
+const QB_HISTOGRAM: &str = include_str!("../../shaders/qb_histogram.wgsl");
 
 /// Assignments per histogram chunk: the workgroup size of the histogram passes.
 const CHUNK: usize = 256;
@@ -292,18 +293,7 @@ impl RoutingKernels for CubeBackend {
         );
         let token_prices = scratch(&scores, n);
         for _ in 0..iterations {
-            launch(
-                &scores,
-                kernel("bip_token_prices", BIP_TOKEN_PRICES, &[("rank", top_k + 1)]),
-                64,
-                n.div_ceil(64),
-                vec![
-                    scores.handle.clone(),
-                    q.handle.clone(),
-                    p.clone(),
-                    token_prices.clone(),
-                ],
-            );
+            launch_token_prices(&scores, &q, top_k, p.clone(), token_prices.clone());
             let next = output(&scores, Shape::new([m]), DType::F32);
             launch(
                 &scores,
@@ -321,4 +311,61 @@ impl RoutingKernels for CubeBackend {
         }
         q
     }
+
+    fn token_cutoffs(scores: CubeTensor, q: CubeTensor, top_k: usize) -> CubeTensor {
+        let (scores, q) = (into_contiguous(scores), into_contiguous(q));
+        expect_dtype(&scores, DType::F32, "router scores");
+        expect_dtype(&q, DType::F32, "prices");
+        let (n, m) = (scores.meta.shape[0], scores.meta.shape[1]);
+        // No clamp; the expert rank is not read by the token half.
+        let p = params(&scores, &[n as u32, m as u32, 0, 0]);
+        let cutoffs = output(&scores, Shape::new([n]), DType::F32);
+        launch_token_prices(&scores, &q, top_k, p, cutoffs.handle.clone());
+        cutoffs
+    }
+
+    fn cutoff_histogram(
+        scores: CubeTensor,
+        cutoffs: CubeTensor,
+        bounds: CubeTensor,
+        bins: usize,
+    ) -> CubeTensor {
+        let (scores, cutoffs, bounds) = (
+            into_contiguous(scores),
+            into_contiguous(cutoffs),
+            into_contiguous(bounds),
+        );
+        expect_dtype(&scores, DType::F32, "router scores");
+        expect_dtype(&cutoffs, DType::F32, "token cutoffs");
+        expect_dtype(&bounds, DType::F32, "histogram bounds");
+        let (n, m) = (scores.meta.shape[0], scores.meta.shape[1]);
+        let p = params(&scores, &[n as u32, m as u32]);
+        let counts = output(&scores, Shape::new([m, bins]), DType::I32);
+        launch(
+            &scores,
+            kernel("qb_histogram", QB_HISTOGRAM, &[("bins", bins)]),
+            256,
+            m,
+            vec![
+                scores.handle.clone(),
+                cutoffs.handle.clone(),
+                bounds.handle.clone(),
+                p,
+                counts.handle.clone(),
+            ],
+        );
+        counts
+    }
+}
+
+/// `out[i]` = the (k+1)-th largest `scores[i, j] - q[j]` (clamped at 0 when `params` says so).
+fn launch_token_prices(scores: &CubeTensor, q: &CubeTensor, top_k: usize, p: Handle, out: Handle) {
+    let n = scores.meta.shape[0];
+    launch(
+        scores,
+        kernel("bip_token_prices", BIP_TOKEN_PRICES, &[("rank", top_k + 1)]),
+        64,
+        n.div_ceil(64),
+        vec![scores.handle.clone(), q.handle.clone(), p, out],
+    );
 }

@@ -36,7 +36,9 @@ impl Router {
 
         // Selection offset, and BIP's update-then-route prices.
         let (offset, pending) = match (&config.balancer, state.clone()) {
-            (BalancerConfig::LossFree { .. }, Some(b)) => (b, None),
+            (BalancerConfig::LossFree { .. } | BalancerConfig::Quantile { .. }, Some(b)) => {
+                (b, None)
+            }
             (
                 &BalancerConfig::Bip {
                     iterations,
@@ -90,6 +92,14 @@ impl Router {
                 k,
                 iterations,
                 clamp,
+                path,
+            )?),
+            (&BalancerConfig::Quantile { estimator, ema }, Some(b)) => Some(kernels::qb_update(
+                decisions.clone(),
+                b,
+                k,
+                estimator,
+                ema as f32,
                 path,
             )?),
             _ => pending,

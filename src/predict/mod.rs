@@ -1,4 +1,4 @@
-//! Expert-load prediction (ALGORITHMS.md section 5): predict every expert's load proportion for
+//! Expert-load prediction (`docs/algorithms.md`): predict every expert's load proportion for
 //! the next `H` steps from the steps so far, and measure the error by sliding the prediction
 //! point along a trace.
 //!

@@ -1,4 +1,4 @@
-//! Balance over time and the transient/stable phase rule (ALGORITHMS.md sections 4-5).
+//! Balance over time and the transient/stable phase rule (`docs/algorithms.md`).
 //!
 //! Per layer and step: MaxVio, coefficient of variation, min/max load ratio, dead experts
 //! (no token over the last `dead_window` steps), and for each window `w` the sliding variance

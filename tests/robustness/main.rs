@@ -2,6 +2,9 @@
 //! invalid inputs to every subcommand, kill -9 at random moments of training followed by
 //! resume, and same-seed runs that must repeat themselves on the CPU backends.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod campaign;
 mod crash;
 mod repeat;

@@ -1,4 +1,5 @@
-//! Every command with a `--seed` repeats itself on the CPU backends.
+//! Every command with a `--seed` repeats itself on the CPU backends; offset balancers route on
+//! wgpu as on ndarray, and repeat there too.
 
 use crate::support::*;
 
@@ -48,6 +49,55 @@ fn simulate_runs_every_balancer_and_repeats_itself_on_the_cpu_backends() {
             ];
             assert_eq!(summary(&args), summary(&args), "{backend} {balancer}");
         }
+    }
+}
+
+/// The offset balancers on wgpu: two processes give the same routing, and the same as ndarray
+/// (the router logits differ in their last bits between the backends; prices set between
+/// values keep tokens off exact ties). 64 experts, 20 steps, as in the issue that found it.
+#[test]
+fn offset_balancers_route_on_wgpu_as_on_ndarray_and_repeat() {
+    if crate::common::wgpu_device(false).is_none() {
+        return;
+    }
+    for (balancer, experts) in [
+        ("bip", "64"),
+        ("bip-noclamp", "64"),
+        ("qb", "64"),
+        ("qb-hist", "64"),
+        ("loss-free", "16"),
+    ] {
+        let args = |backend| {
+            [
+                "simulate",
+                "--balancer",
+                balancer,
+                "--experts",
+                experts,
+                "--top-k",
+                "2",
+                "--tokens",
+                "4096",
+                "--steps",
+                "20",
+                "--seed",
+                "7",
+                "--backend",
+                backend,
+                "--json",
+            ]
+        };
+        let strip_backend = |mut v: serde_json::Value| {
+            v.as_object_mut().map(|m| m.remove("backend"));
+            v
+        };
+        let first = summary(&args("wgpu"));
+        assert_eq!(first, summary(&args("wgpu")), "{balancer}: two wgpu runs");
+        assert_eq!(
+            strip_backend(first),
+            strip_backend(summary(&args("ndarray"))),
+            "{balancer}: wgpu vs ndarray"
+        );
     }
 }
 
