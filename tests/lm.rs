@@ -275,6 +275,7 @@ fn study_compares_balancers_and_reuses_runs() {
             ("none".into(), "none".parse().unwrap()),
             ("bip".into(), "bip".parse().unwrap()),
         ],
+        seeds: vec![],
         eval_batches: 4,
         capacity_factors: vec![1.0, 1.25],
         target_loss: None,
@@ -323,5 +324,61 @@ fn study_compares_balancers_and_reuses_runs() {
     changed.base.train.seed += 1;
     let err = run_study(&dir, &changed, &device, &mut ()).unwrap_err();
     assert!(err.to_string().contains("--fresh"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// With several seeds, one run per balancer and seed, and the summary is their mean and
+/// sample standard deviation; a capacity limit shows up as tokens dropped in training.
+#[test]
+fn study_runs_every_seed_and_summarizes_the_spread() {
+    use burn_moe::train::study::{StudyConfig, run_study};
+    let dir = temp_dir("study-seeds");
+    let device = ndarray(false);
+    let mut model = Preset::Tiny.config(32);
+    model.moe.capacity_factor = Some(1.0);
+    let mut base = manifest(model, 4, None);
+    base.train.eval_every = 4;
+    let config = StudyConfig {
+        base,
+        balancers: vec![("none".into(), "none".parse().unwrap())],
+        seeds: vec![3, 4],
+        eval_batches: 2,
+        capacity_factors: vec![1.0],
+        target_loss: None,
+        maxvio_steps: vec![1],
+        fresh: false,
+    };
+    let report = run_study(&dir, &config, &device, &mut ()).unwrap();
+    assert_eq!(
+        report.results.iter().map(|r| r.seed).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert!(dir.join("none-s3/run.json").exists() && dir.join("none-s4/run.json").exists());
+    let (a, b) = (report.results[0].val_loss, report.results[1].val_loss);
+    assert_ne!(a, b, "different seeds, different runs");
+    let s = &report.summary[0];
+    assert_eq!(s.seeds, 2);
+    assert!((s.val_loss.mean - (a + b) / 2.0).abs() < 1e-12);
+    assert!((s.val_loss.std - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12);
+    for r in &report.results {
+        assert!(
+            r.train_drop_rate > 0.0 && r.train_drop_rate < 1.0,
+            "capacity 1.0 without balancing drops: {}",
+            r.train_drop_rate
+        );
+    }
+    let table = report.markdown(&config.maxvio_steps, &config.capacity_factors);
+    assert!(table.contains("Mean ± standard deviation") && table.contains("| none | 2 |"));
+    let err = run_study(
+        &dir,
+        &StudyConfig {
+            seeds: vec![5, 5],
+            ..config
+        },
+        &device,
+        &mut (),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("listed twice"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -24,8 +24,16 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Balancers to compare (names as in `train --balancer`).
-    #[arg(long, value_delimiter = ',', default_value = "none,aux,loss-free,bip")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,aux,loss-free,bip,qb"
+    )]
     pub balancers: Vec<String>,
+    /// Seeds: every balancer is trained once per seed, and the table adds mean ± standard
+    /// deviation over seeds (default: --seed alone).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
     /// Model size: tiny or small.
     #[arg(long, default_value = "small")]
     pub preset: Preset,
@@ -79,6 +87,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     let config = StudyConfig {
         base: RunManifest::new(model, train, args.run.data.as_deref())?,
         balancers,
+        seeds: args.seeds.clone(),
         eval_batches: args.eval_batches,
         capacity_factors: args.capacity_factors.clone(),
         target_loss: args.target_loss,
@@ -94,8 +103,9 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     let mut bar = Bar::new(args.json);
     if !args.json {
         eprintln!(
-            "study of {} balancers, {} steps each, on {} ({}), in {}",
+            "study of {} balancers x {} seeds, {} steps each, on {} ({}), in {}",
             config.balancers.len(),
+            config.seeds.len().max(1),
             args.steps,
             args.backend,
             describe_backend(args.backend),
@@ -126,8 +136,13 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// MaxVio over steps (log scale) and validation loss over steps, one line per balancer.
+/// MaxVio over steps (log scale) and validation loss over steps, one line per run.
 fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathBuf>> {
+    let seeded = report.summary.iter().any(|s| s.seeds > 1);
+    let label = |r: &burn_moe::train::study::BalancerResult| match seeded {
+        true => format!("{} s{}", r.name, r.seed),
+        false => r.name.clone(),
+    };
     let maxvio = LineChart {
         title: "MaxVio per training batch (25-step mean, mean over MoE layers)".into(),
         x_label: "step".into(),
@@ -136,7 +151,7 @@ fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathB
             .results
             .iter()
             .map(|r| Series {
-                label: r.name.clone(),
+                label: label(r),
                 points: moving_average(&r.maxvio, 25),
             })
             .collect(),
@@ -151,7 +166,7 @@ fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathB
             .results
             .iter()
             .map(|r| Series {
-                label: r.name.clone(),
+                label: label(r),
                 points: r.val_curve.iter().map(|&(s, l)| (s as f64, l)).collect(),
             })
             .collect(),

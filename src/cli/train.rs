@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// Experts per token (default: the preset's).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Hidden width of each routed expert (default: the preset's; a quarter of it with 4x the
+    /// experts and top-k is DeepSeekMoE's fine-grained split).
+    #[arg(long)]
+    pub expert_width: Option<usize>,
+    /// Shared experts applied to every token, each of the routed experts' width (default 0).
+    #[arg(long)]
+    pub shared_experts: Option<usize>,
 }
 
 impl RunArgs {
@@ -109,6 +116,8 @@ impl RunArgs {
         let mut model = preset.config(self.seq_len.max(64));
         model.moe.num_experts = self.experts.unwrap_or(model.moe.num_experts);
         model.moe.top_k = self.top_k.unwrap_or(model.moe.top_k);
+        model.moe.d_ff = self.expert_width.unwrap_or(model.moe.d_ff);
+        model.moe.num_shared_experts = self.shared_experts.unwrap_or(model.moe.num_shared_experts);
         model
     }
 

@@ -200,7 +200,7 @@ pub fn cutoff_histogram(
     let at = |i: usize| {
         bounds
             .clone()
-            .slice([i..i + 1])
+            .narrow(0, i, 1)
             .unsqueeze_dim::<2>(0)
             .expand([n, m])
     };

@@ -1,5 +1,6 @@
-//! The balancer study: one model trained once per balancer — same seed, data order and step
-//! count — then compared on quality (validation loss), balance (MaxVio) and speed.
+//! The balancer study: one model trained once per balancer and seed — same seeds, data order
+//! and step count for every balancer — then compared on quality (validation loss), balance
+//! (MaxVio, drops) and speed; with several seeds, as mean and standard deviation over seeds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,11 @@ use crate::train::{Progress, RunDir, RunManifest, TrainStart, evaluate, train};
 pub struct StudyConfig {
     /// The run every balancer shares; its `model.moe.balancer` is replaced per run.
     pub base: RunManifest,
-    /// `(name, balancer)` pairs; `name` is also the run directory under the study directory.
+    /// `(name, balancer)` pairs; `name` is also the run directory under the study directory
+    /// (`name-s<seed>` with several seeds).
     pub balancers: Vec<(String, BalancerConfig)>,
+    /// Seeds of the runs (weights, data order, every draw); empty: the base run's seed alone.
+    pub seeds: Vec<u64>,
     /// Validation batches of the final evaluation (MaxVio_global, drop rates).
     pub eval_batches: usize,
     /// Capacity factors at which to report the drop rate a capacity limit would cause.
@@ -39,6 +43,8 @@ pub struct BalancerResult {
     pub name: String,
     /// The balancer with its parameters.
     pub balancer: String,
+    /// Seed of the run.
+    pub seed: u64,
     /// Steps trained.
     pub steps: u64,
     /// Validation cross-entropy after the last step (the final evaluation's batches).
@@ -55,6 +61,8 @@ pub struct BalancerResult {
     pub maxvio_global: f64,
     /// `(capacity factor, drop rate)`: assignments a capacity limit would drop on validation.
     pub drop_rate: Vec<(f64, f64)>,
+    /// Share of the training assignments the run's own capacity dropped (0 when dropless).
+    pub train_drop_rate: f64,
     /// Seconds of training (including the periodic evaluations and checkpoints).
     pub wall_seconds: f64,
     /// Training tokens per second.
@@ -77,13 +85,62 @@ pub struct BalancerResult {
     pub val_curve: Vec<(u64, f64)>,
 }
 
+/// Mean and sample standard deviation over seeds (0 for one seed).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Sample standard deviation over seeds.
+    pub std: f64,
+}
+
+impl Spread {
+    fn of(values: impl Iterator<Item = f64>) -> Spread {
+        let v: Vec<f64> = values.collect();
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        Spread {
+            mean,
+            std: var.sqrt(),
+        }
+    }
+}
+
+/// One balancer over all its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedSummary {
+    /// Balancer name.
+    pub name: String,
+    /// Seeds run.
+    pub seeds: usize,
+    /// Final validation loss.
+    pub val_loss: Spread,
+    /// AvgMaxVio over training.
+    pub avg_maxvio: Spread,
+    /// SupMaxVio over training.
+    pub sup_maxvio: Spread,
+    /// `(step, MaxVio)` at the requested steps.
+    pub maxvio_at: Vec<(u64, Spread)>,
+    /// MaxVio_global on validation.
+    pub maxvio_global: Spread,
+    /// `(capacity factor, drop rate)` on validation.
+    pub drop_rate: Vec<(f64, Spread)>,
+    /// Share of training assignments dropped.
+    pub train_drop_rate: Spread,
+    /// Median step seconds.
+    pub median_step_seconds: Spread,
+}
+
 /// The whole study.
 #[derive(Debug, Clone, Serialize)]
 pub struct StudyReport {
     /// Validation loss used for `steps_to_target`.
     pub target_loss: f64,
-    /// One entry per balancer, in the order asked.
+    /// One entry per run: balancers in the order asked, seeds in order within each.
     pub results: Vec<BalancerResult>,
+    /// One entry per balancer: mean and spread over its seeds.
+    pub summary: Vec<SeedSummary>,
 }
 
 /// The per-step records of a run's `metrics.jsonl`; a resumed run may repeat steps, and the
@@ -93,6 +150,7 @@ struct Curves {
     maxvio: BTreeMap<u64, f64>,
     val_loss: BTreeMap<u64, f64>,
     step_seconds: BTreeMap<u64, f64>,
+    dropped: BTreeMap<u64, f64>,
 }
 
 fn read_curves(path: &Path) -> Result<Curves> {
@@ -103,6 +161,7 @@ fn read_curves(path: &Path) -> Result<Curves> {
         maxvio: BTreeMap::new(),
         val_loss: BTreeMap::new(),
         step_seconds: BTreeMap::new(),
+        dropped: BTreeMap::new(),
     };
     for (n, line) in text
         .lines()
@@ -119,6 +178,7 @@ fn read_curves(path: &Path) -> Result<Curves> {
             ("maxvio", &mut curves.maxvio),
             ("val_loss", &mut curves.val_loss),
             ("seconds", &mut curves.step_seconds),
+            ("dropped", &mut curves.dropped),
         ] {
             if let Some(x) = v[key].as_f64() {
                 map.insert(step, x);
@@ -229,20 +289,40 @@ pub fn run_study(
             "`{name}` cannot name a run directory"
         )));
     }
-    let data = config.base.load_data()?;
     let train_cfg = &config.base.train;
     let top_k = config.base.model.moe.top_k;
+    let seeds = match config.seeds.as_slice() {
+        [] => vec![train_cfg.seed],
+        seeds => seeds.to_vec(),
+    };
+    if let Some(i) = (1..seeds.len()).find(|&i| seeds[..i].contains(&seeds[i])) {
+        return Err(MoeError::Config(format!(
+            "seed {} is listed twice",
+            seeds[i]
+        )));
+    }
+    let runs: Vec<_> = config
+        .balancers
+        .iter()
+        .flat_map(|b| seeds.iter().map(move |&seed| (b, seed)))
+        .collect();
     let mut results = Vec::new();
-    for (i, (name, balancer)) in config.balancers.iter().enumerate() {
+    for (i, ((name, balancer), seed)) in runs.iter().enumerate() {
+        let run_name = match seeds.len() {
+            1 => name.clone(),
+            _ => format!("{name}-s{seed}"),
+        };
         progress.message(&format!(
-            "[{}/{}] {name}: {}",
+            "[{}/{}] {run_name}: {}",
             i + 1,
-            config.balancers.len(),
+            runs.len(),
             BalancerSummary(balancer)
         ));
         let mut manifest = config.base.clone();
-        manifest.model.moe.balancer = balancer.clone();
-        let dir: PathBuf = out.join(name);
+        manifest.model.moe.balancer = (*balancer).clone();
+        manifest.train.seed = *seed;
+        let data = manifest.load_data()?;
+        let dir: PathBuf = out.join(&run_name);
         let run = train_one(&dir, manifest, device, config.fresh, progress)?;
 
         let (model, state) = run.load_model(device)?;
@@ -259,6 +339,7 @@ pub fn run_study(
         let result = BalancerResult {
             name: name.clone(),
             balancer: BalancerSummary(balancer).to_string(),
+            seed: *seed,
             steps: state.step,
             val_loss: eval.loss,
             val_ppl: eval.perplexity,
@@ -275,6 +356,8 @@ pub fn run_study(
                 .iter()
                 .map(|&cf| (cf, eval.drop_rate_at(cf, top_k)))
                 .collect(),
+            train_drop_rate: curves.dropped.values().sum::<f64>()
+                / curves.dropped.len().max(1) as f64,
             wall_seconds: state.train_seconds,
             tokens_per_s: state.tokens_seen as f64 / state.train_seconds.max(1e-9),
             median_step_seconds: median(curves.step_seconds.values().copied().collect()),
@@ -285,7 +368,7 @@ pub fn run_study(
             val_curve: curves.val_loss.into_iter().collect(),
         };
         progress.message(&format!(
-            "{name}: val loss {:.4} (ppl {:.3}), AvgMaxVio {:.3}, MaxVio_global {:.3}, {:.0} s",
+            "{run_name}: val loss {:.4} (ppl {:.3}), AvgMaxVio {:.3}, MaxVio_global {:.3}, {:.0} s",
             result.val_loss,
             result.val_ppl,
             result.avg_maxvio,
@@ -308,16 +391,62 @@ pub fn run_study(
             .map(|&(s, _)| s);
         r.seconds_to_target = r.steps_to_target.map(|s| s as f64 * r.median_step_seconds);
     }
+    let summary = config
+        .balancers
+        .iter()
+        .map(|(name, _)| summarize(name, results.iter().filter(|r| &r.name == name)))
+        .collect();
     Ok(StudyReport {
         target_loss,
         results,
+        summary,
     })
 }
 
+/// One balancer's runs as mean and spread over seeds.
+fn summarize<'a>(
+    name: &str,
+    runs: impl Iterator<Item = &'a BalancerResult> + Clone,
+) -> SeedSummary {
+    let spread = |f: &dyn Fn(&BalancerResult) -> f64| Spread::of(runs.clone().map(f));
+    let first = runs.clone().next();
+    SeedSummary {
+        name: name.to_string(),
+        seeds: runs.clone().count(),
+        val_loss: spread(&|r| r.val_loss),
+        avg_maxvio: spread(&|r| r.avg_maxvio),
+        sup_maxvio: spread(&|r| r.sup_maxvio),
+        maxvio_at: first.map_or(Vec::new(), |f| {
+            f.maxvio_at
+                .iter()
+                .enumerate()
+                .map(|(i, &(step, _))| {
+                    (
+                        step,
+                        spread(&|r| r.maxvio_at.get(i).map_or(f64::NAN, |m| m.1)),
+                    )
+                })
+                .collect()
+        }),
+        maxvio_global: spread(&|r| r.maxvio_global),
+        drop_rate: first.map_or(Vec::new(), |f| {
+            f.drop_rate
+                .iter()
+                .enumerate()
+                .map(|(i, &(cf, _))| (cf, spread(&|r| r.drop_rate[i].1)))
+                .collect()
+        }),
+        train_drop_rate: spread(&|r| r.train_drop_rate),
+        median_step_seconds: spread(&|r| r.median_step_seconds),
+    }
+}
+
 impl StudyReport {
-    /// The comparison as a Markdown table.
+    /// The comparison as Markdown: one row per run, then, with several seeds, one row per
+    /// balancer with mean ± standard deviation over its seeds.
     pub fn markdown(&self, maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
-        let mut head = String::from("| balancer | val loss | val ppl | AvgMaxVio | SupMaxVio |");
+        let mut head =
+            String::from("| balancer | seed | val loss | val ppl | AvgMaxVio | SupMaxVio |");
         for s in maxvio_steps {
             head += &format!(" MaxVio@{s} |");
         }
@@ -326,16 +455,14 @@ impl StudyReport {
             head += &format!(" drop@cf{cf:.2} |");
         }
         head += &format!(
-            " wall s | median step ms | steps (s) to val {:.3} |\n",
+            " dropped in training | wall s | median step ms | steps (s) to val {:.3} |\n",
             self.target_loss
         );
-        let cols = head.matches('|').count() - 1;
-        let mut md = head;
-        md += &format!("|{}\n", "---|".repeat(cols));
+        let mut md = with_rule(head);
         for r in &self.results {
             md += &format!(
-                "| {} | {:.4} | {:.3} | {:.3} | {:.3} |",
-                r.name, r.val_loss, r.val_ppl, r.avg_maxvio, r.sup_maxvio
+                "| {} | {} | {:.4} | {:.3} | {:.3} | {:.3} |",
+                r.name, r.seed, r.val_loss, r.val_ppl, r.avg_maxvio, r.sup_maxvio
             );
             for s in maxvio_steps {
                 match r.maxvio_at.iter().find(|(t, _)| t == s) {
@@ -348,7 +475,8 @@ impl StudyReport {
                 md += &format!(" {:.2}% |", 100.0 * d);
             }
             md += &format!(
-                " {:.0} | {:.1} |",
+                " {:.2}% | {:.0} | {:.1} |",
+                100.0 * r.train_drop_rate,
                 r.wall_seconds,
                 1e3 * r.median_step_seconds
             );
@@ -357,8 +485,59 @@ impl StudyReport {
                 _ => md += " not reached |\n",
             }
         }
+        if self.summary.iter().any(|s| s.seeds > 1) {
+            md += &self.summary_markdown(maxvio_steps, capacity_factors);
+        }
         md
     }
+
+    fn summary_markdown(&self, maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
+        let mut head = String::from("| balancer | seeds | val loss | AvgMaxVio | SupMaxVio |");
+        for s in maxvio_steps {
+            head += &format!(" MaxVio@{s} |");
+        }
+        head += " MaxVio_global |";
+        for cf in capacity_factors {
+            head += &format!(" drop@cf{cf:.2} |");
+        }
+        head += " dropped in training | median step ms |\n";
+        let mut md = format!(
+            "\nMean ± standard deviation over seeds:\n\n{}",
+            with_rule(head)
+        );
+        let cell = |s: Spread, digits: usize, scale: f64| {
+            format!(
+                " {:.*} ± {:.*} |",
+                digits,
+                scale * s.mean,
+                digits,
+                scale * s.std
+            )
+        };
+        for r in &self.summary {
+            md += &format!("| {} | {} |", r.name, r.seeds);
+            md += &cell(r.val_loss, 4, 1.0);
+            md += &cell(r.avg_maxvio, 3, 1.0);
+            md += &cell(r.sup_maxvio, 3, 1.0);
+            for &(_, v) in &r.maxvio_at {
+                md += &cell(v, 3, 1.0);
+            }
+            md += &cell(r.maxvio_global, 3, 1.0);
+            for &(_, d) in &r.drop_rate {
+                md += &cell(d, 2, 100.0);
+            }
+            md += &cell(r.train_drop_rate, 2, 100.0);
+            md += &cell(r.median_step_seconds, 1, 1e3);
+            md += "\n";
+        }
+        md
+    }
+}
+
+/// A Markdown table head followed by its rule line.
+fn with_rule(head: String) -> String {
+    let cols = head.matches('|').count() - 1;
+    format!("{head}|{}\n", "---|".repeat(cols))
 }
 
 /// Median of `values` (NaN when empty).

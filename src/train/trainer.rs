@@ -274,6 +274,14 @@ pub fn train(
         trace.write_step(&records)?;
         let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
             / records.len().max(1) as f64;
+        // Share of the step's assignments its capacity dropped, over all MoE layers.
+        let (requested, computed) = records.iter().fold((0, 0), |(a, b), r| {
+            (
+                a + r.requested.iter().sum::<usize>(),
+                b + r.computed.iter().sum::<usize>(),
+            )
+        });
+        let dropped = (requested - computed.min(requested)) as f64 / requested.max(1) as f64;
 
         state.step = step;
         state.tokens_seen += tokens_per_step;
@@ -290,7 +298,7 @@ pub fn train(
         progress.step(step, config.steps, ce_value, tps, maxvio);
         metrics.write_lines(&[
             serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio,
-                "seconds": step_seconds}),
+                "dropped": dropped, "seconds": step_seconds}),
         ])?;
 
         interrupted = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));

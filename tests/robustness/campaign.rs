@@ -174,6 +174,15 @@ fn bad_inputs_give_clear_errors_and_leave_runs_untouched() {
             train_new(&["--capacity-factor", "nan"]),
         ),
         ("train balancer unknown", train_new(&["--balancer", "nope"])),
+        ("train expert width 0", train_new(&["--expert-width", "0"])),
+        (
+            "train balancer parameter unknown",
+            train_new(&["--balancer", "qb:bins=10"]),
+        ),
+        (
+            "train balancer ema out of range",
+            train_new(&["--balancer", "qb:ema=1"]),
+        ),
         ("train z-loss negative", train_new(&["--z-loss", "-1"])),
         ("train z-loss nan", train_new(&["--z-loss", "nan"])),
         ("train eval-every 0", train_new(&["--eval-every", "0"])),
@@ -380,6 +389,18 @@ fn bad_inputs_give_clear_errors_and_leave_runs_untouched() {
             s(&["simulate", "--balancer", "nope"]),
         ),
         (
+            "simulate qb-hist bins 1",
+            s(&["simulate", "--balancer", "qb-hist:bins=1"]),
+        ),
+        (
+            "simulate qb-hist bins too many",
+            s(&["simulate", "--balancer", "qb-hist:bins=5000"]),
+        ),
+        (
+            "simulate bip t not a number",
+            s(&["simulate", "--balancer", "bip:t=x"]),
+        ),
+        (
             "simulate score unknown",
             s(&["simulate", "--score", "tanh"]),
         ),
@@ -564,6 +585,12 @@ fn bad_inputs_give_clear_errors_and_leave_runs_untouched() {
         (
             "study no balancers",
             s(&["study", "--out", &out, "--steps", "2", "--balancers", ""]),
+        ),
+        (
+            "study seed twice",
+            s(&[
+                "study", "--out", &out, "--steps", "2", "--preset", "tiny", "--seeds", "1,1",
+            ]),
         ),
         (
             "study capacity negative",

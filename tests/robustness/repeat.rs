@@ -191,3 +191,45 @@ fn study_repeats_itself() {
     assert_eq!(run_study("a"), run_study("b"));
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// DeepSeekMoE's fine-grained layout from the command line: many narrow experts, a larger
+/// top-k and a shared expert, balanced by QB; the run records what it trained.
+#[test]
+fn fine_grained_experts_with_a_shared_expert_train() {
+    let dir = temp_dir("fine-grained");
+    let o = train_tiny(
+        &dir,
+        3,
+        &[
+            "--experts",
+            "32",
+            "--top-k",
+            "8",
+            "--expert-width",
+            "32",
+            "--shared-experts",
+            "1",
+            "--balancer",
+            "qb-hist:bins=200",
+        ],
+    );
+    assert!(o.ok(), "{}", o.stderr);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    let moe = &run["model"]["moe"];
+    assert_eq!(
+        (
+            moe["num_experts"].as_u64(),
+            moe["top_k"].as_u64(),
+            moe["d_ff"].as_u64()
+        ),
+        (Some(32), Some(8), Some(32))
+    );
+    assert_eq!(moe["num_shared_experts"].as_u64(), Some(1));
+    assert_eq!(
+        moe["balancer"]["Quantile"]["estimator"]["Histogram"]["bins"].as_u64(),
+        Some(200)
+    );
+    assert_eq!(train_losses(&dir).len(), 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
