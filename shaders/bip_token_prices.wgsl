@@ -1,10 +1,11 @@
 // BIP dual iteration, token half: p_i = (k+1)-th largest over j of (s_ij - q_j), one thread per
-// token; clamped at 0 when `clamp` is set; 0 when k = m (no (k+1)-th value).
+// token (never clamped: every token takes exactly k experts); 0 when k = m (no (k+1)-th value).
+// Also quantile balancing's token cutoffs (q = -b).
 
 struct Params {
     tokens: u32,
     experts: u32,
-    clamp: u32,
+    clamp: u32,       // used by the expert half
     expert_rank: u32, // floor(k n / m) + 1, used by the expert half
 }
 
@@ -44,9 +45,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         best[pos] = v;
         filled = min(filled + 1u, RANK);
     }
-    var price = best[RANK - 1u];
-    if params.clamp == 1u {
-        price = max(price, 0.0);
-    }
-    p[t] = price;
+    p[t] = best[RANK - 1u];
 }

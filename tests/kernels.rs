@@ -278,6 +278,13 @@ fn check_loss_free(device: &Device, path: KernelPath, what: &str) {
     }
 }
 
+/// Softmax scores `[n, m]` of seeded logits and a small per-expert offset (BIP's `q`, QB's `b`).
+fn scores_and_offset(n: usize, m: usize, coarse: bool, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let scores = scores_from_logits(&logits(n, m, coarse, seed), m, ScoreFunction::Softmax);
+    let offset = normal_vec(m, seed + 100).iter().map(|v| v * 0.01).collect();
+    (scores, offset)
+}
+
 fn check_bip(device: &Device, path: KernelPath, what: &str) {
     // (tokens, experts, k, iterations, clamp, coarse)
     let cases = [
@@ -289,12 +296,7 @@ fn check_bip(device: &Device, path: KernelPath, what: &str) {
         (129, 256, 2, 1, false, false),
     ];
     for (i, &(n, m, k, iterations, clamp, coarse)) in cases.iter().enumerate() {
-        let l = logits(n, m, coarse, 700 + i as u64);
-        let scores = scores_from_logits(&l, m, ScoreFunction::Softmax);
-        let q0: Vec<f32> = normal_vec(m, 800 + i as u64)
-            .iter()
-            .map(|v| v * 0.01)
-            .collect();
+        let (scores, q0) = scores_and_offset(n, m, coarse, 700 + i as u64);
         let expected = bip::dual_prices(&scores, &q0, n, m, k, iterations, clamp);
         let got = kernels::bip_dual(
             float2(scores, [n, m], device),
@@ -326,12 +328,7 @@ fn check_qb(device: &Device, path: KernelPath, what: &str) {
         (513, 64, 8, Exact, 0.0, false),
     ];
     for (i, &(n, m, k, estimator, ema, coarse)) in cases.iter().enumerate() {
-        let l = logits(n, m, coarse, 1700 + i as u64);
-        let scores = scores_from_logits(&l, m, ScoreFunction::Softmax);
-        let b0: Vec<f32> = normal_vec(m, 1800 + i as u64)
-            .iter()
-            .map(|v| v * 0.01)
-            .collect();
+        let (scores, b0) = scores_and_offset(n, m, coarse, 1700 + i as u64);
         let expected = quantile::quantile_bias(&scores, &b0, m, k, estimator, ema);
         let got = kernels::qb_update(
             float2(scores, [n, m], device),

@@ -4,10 +4,17 @@
 //! max sum_ij s_ij x_ij  s.t.  sum_j x_ij <= k,  sum_i x_ij <= k n / m,  x_ij in {0, 1}
 //! ```
 //!
-//! Each dual iteration prices tokens, `p_i = max(0, (k+1)-th largest_j (s_ij - q_j))`, then
-//! experts, `q_j = max(0, price between the C-th and (C+1)-th largest_i (s_ij - p_i))` with
-//! `C = floor(k n / m)` ([`column_price`]). Tokens then take the top-k of `s_ij - q_j`. Without
-//! the clamp this is the dual step of quantile balancing (`super::quantile`).
+//! Each dual iteration prices tokens, `p_i = (k+1)-th largest_j (s_ij - q_j)`, then experts,
+//! `q_j = max(0, price between the C-th and (C+1)-th largest_i (s_ij - p_i))` with
+//! `C = floor(k n / m)` ([`column_price`]). Tokens then take the top-k of `s_ij - q_j`.
+//!
+//! The paper's program lets a token take *at most* k experts, whose dual clamps `p_i` at 0 too.
+//! The router always takes exactly k, and with that clamp BIP did not balance language-model
+//! training (MaxVio about 1.15 against 0.36 without it, `BENCHMARKS.md`): once softmax scores
+//! peak, a token's (k+1)-th `s - q` is negative, `p_i = 0` undercounts the competition, and the
+//! prices stop moving tokens. So the token price is free (the dual of "exactly k"); `clamp`
+//! applies to the expert prices. Without it this is the dual step of quantile balancing
+//! (`super::quantile`).
 //! Formulas and sources: `docs/algorithms.md`.
 
 /// The `rank`-th largest value (1-based, ties counted with multiplicity), or `None` when there
@@ -40,8 +47,8 @@ pub fn column_price(values: &mut [f32], admitted: usize) -> Option<f32> {
 
 /// Runs `iterations` dual iterations from prices `q` on scores `[tokens, experts]`.
 ///
-/// Where the (k+1)-th value or the rejected (floor(kn/m)+1)-th value does not exist (`k = m`:
-/// no constraint binds) the price is 0.
+/// `clamp` keeps the expert prices at or above 0. Where the (k+1)-th value or the rejected
+/// (floor(kn/m)+1)-th value does not exist (`k = m`: no constraint binds) the price is 0.
 pub fn dual_prices(
     scores: &[f32],
     q: &[f32],
@@ -62,7 +69,7 @@ pub fn dual_prices(
             row.iter_mut()
                 .zip(s.iter().zip(&q))
                 .for_each(|(r, (s, q))| *r = s - q);
-            p[i] = kth_largest(&mut row, k + 1).map_or(0.0, clamp_fn);
+            p[i] = kth_largest(&mut row, k + 1).unwrap_or(0.0);
         }
         for (j, qj) in q.iter_mut().enumerate() {
             column

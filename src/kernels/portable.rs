@@ -158,8 +158,8 @@ pub fn bip_dual(
     let admitted = top_k * n / m;
     let clamp_fn = |t: Tensor<2>| if clamp { t.clamp_min(0.0) } else { t };
     for _ in 0..iterations {
-        let p = clamp_fn(token_cutoffs(scores.clone(), q, top_k).unsqueeze_dim(1));
-        let column = scores.clone() - p.expand([n, m]);
+        let p = token_cutoffs(scores.clone(), q, top_k);
+        let column = scores.clone() - p.unsqueeze_dim::<2>(1).expand([n, m]);
         q = if admitted < n {
             // Between the last admitted and the first rejected value (equal on a tie).
             let sorted = column.sort_descending(0);

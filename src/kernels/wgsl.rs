@@ -317,7 +317,7 @@ impl RoutingKernels for CubeBackend {
         expect_dtype(&scores, DType::F32, "router scores");
         expect_dtype(&q, DType::F32, "prices");
         let (n, m) = (scores.meta.shape[0], scores.meta.shape[1]);
-        // No clamp; the expert rank is not read by the token half.
+        // The clamp and the expert rank are read by the expert half only.
         let p = params(&scores, &[n as u32, m as u32, 0, 0]);
         let cutoffs = output(&scores, Shape::new([n]), DType::F32);
         launch_token_prices(&scores, &q, top_k, p, cutoffs.handle.clone());
@@ -358,7 +358,7 @@ impl RoutingKernels for CubeBackend {
     }
 }
 
-/// `out[i]` = the (k+1)-th largest `scores[i, j] - q[j]` (clamped at 0 when `params` says so).
+/// `out[i]` = the (k+1)-th largest `scores[i, j] - q[j]`.
 fn launch_token_prices(scores: &CubeTensor, q: &CubeTensor, top_k: usize, p: Handle, out: Handle) {
     let n = scores.meta.shape[0];
     launch(
