@@ -53,7 +53,8 @@ pub struct StudyArgs {
     /// loss of the study, which every run reaches).
     #[arg(long)]
     pub target_loss: Option<f64>,
-    /// Capacity factors at which to report drop rates.
+    /// Capacity factors at which to report the drop rates a capacity would cause on validation
+    /// (what-if; `--capacity-factor` sets the capacity the runs train with).
     #[arg(long, value_delimiter = ',', default_values_t = [1.0, 1.25])]
     pub capacity_factors: Vec<f64>,
     /// Retrain runs already complete in the study directory (default: reuse them).

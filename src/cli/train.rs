@@ -49,9 +49,6 @@ pub struct TrainArgs {
     /// Make the first block dense.
     #[arg(long)]
     pub dense_first: bool,
-    /// Capacity factor (omit for dropless).
-    #[arg(long)]
-    pub capacity_factor: Option<f64>,
     /// Load balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip,
     /// bip-noclamp, bip-lagged, qb, qb-hist; parameters may follow, e.g. bip:t=4.
     #[arg(long, default_value = "none")]
@@ -108,16 +105,20 @@ pub struct RunArgs {
     /// Shared experts applied to every token, each of the routed experts' width (default 0).
     #[arg(long)]
     pub shared_experts: Option<usize>,
+    /// Expert capacity factor in training (omit for dropless).
+    #[arg(long)]
+    pub capacity_factor: Option<f64>,
 }
 
 impl RunArgs {
-    /// The preset's model with the expert count and top-k overridden where given.
+    /// The preset's model with the expert shape and capacity overridden where given.
     pub(super) fn model(&self, preset: Preset) -> MoeLmConfig {
         let mut model = preset.config(self.seq_len.max(64));
         model.moe.num_experts = self.experts.unwrap_or(model.moe.num_experts);
         model.moe.top_k = self.top_k.unwrap_or(model.moe.top_k);
         model.moe.d_ff = self.expert_width.unwrap_or(model.moe.d_ff);
         model.moe.num_shared_experts = self.shared_experts.unwrap_or(model.moe.num_shared_experts);
+        model.moe.capacity_factor = self.capacity_factor;
         model
     }
 
@@ -214,7 +215,6 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         None => {
             let mut model = args.run.model(args.preset);
             model.n_layers = args.layers.unwrap_or(model.n_layers);
-            model.moe.capacity_factor = args.capacity_factor;
             model.moe.balancer = args.balancer.clone();
             model.moe.z_loss_weight = args.z_loss;
             model.moe_every = args.moe_every;

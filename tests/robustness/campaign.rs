@@ -587,6 +587,20 @@ fn bad_inputs_give_clear_errors_and_leave_runs_untouched() {
             s(&["study", "--out", &out, "--steps", "2", "--balancers", ""]),
         ),
         (
+            "study training capacity nan",
+            s(&[
+                "study",
+                "--out",
+                &out,
+                "--steps",
+                "2",
+                "--preset",
+                "tiny",
+                "--capacity-factor",
+                "nan",
+            ]),
+        ),
+        (
             "study seed twice",
             s(&[
                 "study", "--out", &out, "--steps", "2", "--preset", "tiny", "--seeds", "1,1",

@@ -193,7 +193,8 @@ fn study_repeats_itself() {
 }
 
 /// DeepSeekMoE's fine-grained layout from the command line: many narrow experts, a larger
-/// top-k and a shared expert, balanced by QB; the run records what it trained.
+/// top-k and a shared expert, balanced by QB, with a capacity; the run records what it trained
+/// and each step's dropped share.
 #[test]
 fn fine_grained_experts_with_a_shared_expert_train() {
     let dir = temp_dir("fine-grained");
@@ -211,6 +212,8 @@ fn fine_grained_experts_with_a_shared_expert_train() {
             "1",
             "--balancer",
             "qb-hist:bins=200",
+            "--capacity-factor",
+            "1.0",
         ],
     );
     assert!(o.ok(), "{}", o.stderr);
@@ -226,6 +229,16 @@ fn fine_grained_experts_with_a_shared_expert_train() {
         (Some(32), Some(8), Some(32))
     );
     assert_eq!(moe["num_shared_experts"].as_u64(), Some(1));
+    assert_eq!(moe["capacity_factor"].as_f64(), Some(1.0));
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"dropped\""))
+            .count(),
+        3,
+        "each step logs its dropped share"
+    );
     assert_eq!(
         moe["balancer"]["Quantile"]["estimator"]["Histogram"]["bins"].as_u64(),
         Some(200)
