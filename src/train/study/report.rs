@@ -178,8 +178,11 @@ impl StudyReport {
             md += &cell(r.val_loss, 4, 1.0);
             md += &cell(r.avg_maxvio, 3, 1.0);
             md += &cell(r.sup_maxvio, 3, 1.0);
-            for &(_, v) in &r.maxvio_at {
-                md += &cell(v, 3, 1.0);
+            for s in maxvio_steps {
+                match r.maxvio_at.iter().find(|(t, _)| t == s) {
+                    Some(&(_, v)) => md += &cell(v, 3, 1.0),
+                    None => md += " - |",
+                }
             }
             md += &cell(r.maxvio_global, 3, 1.0);
             for &(_, d) in &r.drop_rate {
