@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use burn_moe::telemetry::analyze::{AnalyzeConfig, StepStats, analyze_layer, detect_phase_switch};
 use burn_moe::telemetry::loads::{LoadKind, RunLoads};
-use burn_moe::telemetry::plots::{LineChart, Series, line_chart, load_heatmap};
+use burn_moe::telemetry::plots::{LineChart, Series, line_chart, load_heatmap, moving_average};
 
 /// Options of `burn-moe analyze`.
 #[derive(Debug, Args)]
@@ -196,7 +196,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             .collect();
         maxvio_series.push(Series {
             label: label.clone(),
-            points: smooth(&raw, 10),
+            points: moving_average(&raw, 10),
         });
         if !args.no_plots {
             std::fs::create_dir_all(&out_dir)
@@ -324,20 +324,4 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         println!("wrote {}", p.display());
     }
     Ok(())
-}
-
-/// Trailing mean over `w` points.
-pub fn smooth(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
-    let mut sum = 0.0;
-    points
-        .iter()
-        .enumerate()
-        .map(|(i, &(x, y))| {
-            sum += y;
-            if i >= w {
-                sum -= points[i - w].1;
-            }
-            (x, sum / (i + 1).min(w) as f64)
-        })
-        .collect()
 }

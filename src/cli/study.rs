@@ -9,9 +9,9 @@ use burn_moe::BackendKind;
 use burn_moe::balance::BalancerConfig;
 use burn_moe::checkpoint::write_bytes_atomic;
 use burn_moe::model::Preset;
-use burn_moe::telemetry::plots::{LineChart, Series, line_chart};
+use burn_moe::telemetry::plots::{LineChart, Series, line_chart, moving_average};
 use burn_moe::train::RunManifest;
-use burn_moe::train::study::{StudyConfig, StudyReport, moving_average, run_study};
+use burn_moe::train::study::{StudyConfig, StudyReport, run_study};
 
 use super::train::{Bar, RunArgs, describe_backend};
 
@@ -23,13 +23,10 @@ pub struct StudyArgs {
     /// Training steps of every run.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
-    /// Balancers to compare (names as in `train --balancer`).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "none,aux,loss-free,bip,qb"
-    )]
-    pub balancers: Vec<String>,
+    /// Balancers to compare, comma-separated (names as in `train --balancer`; a name's
+    /// parameters stay with it: `qb-hist:bins=500,ema=0.5,aux`).
+    #[arg(long, default_value = "none,aux,loss-free,bip,qb")]
+    pub balancers: String,
     /// Seeds: every balancer is trained once per seed, and the table adds mean ± standard
     /// deviation over seeds (default: --seed alone).
     #[arg(long, value_delimiter = ',')]
@@ -80,9 +77,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         .with_eval_every(args.eval_every)
         .with_checkpoint_every(args.steps.div_ceil(4).max(1));
     train.validate()?;
-    let balancers = args
-        .balancers
-        .iter()
+    let balancers = split_balancers(&args.balancers)
+        .into_iter()
         .map(|n| Ok((n.clone(), n.parse::<BalancerConfig>()?)))
         .collect::<burn_moe::Result<Vec<_>>>()?;
     let config = StudyConfig {
@@ -153,7 +149,13 @@ fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathB
             .iter()
             .map(|r| Series {
                 label: label(r),
-                points: moving_average(&r.maxvio, 25),
+                points: moving_average(
+                    &r.maxvio
+                        .iter()
+                        .map(|&(s, v)| (s as f64, v))
+                        .collect::<Vec<_>>(),
+                    25,
+                ),
             })
             .collect(),
         marker: None,
@@ -177,4 +179,37 @@ fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathB
     let mut files = line_chart(&out.join("maxvio"), &maxvio)?;
     files.extend(line_chart(&out.join("val_loss"), &loss)?);
     Ok(files)
+}
+
+/// Splits a comma-separated balancer list; a `key=value` piece belongs to the name before it
+/// (`bip:t=4,ema=0.5,qb` is two balancers). Empty pieces are kept so that parsing names them.
+fn split_balancers(list: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for piece in list.split(',') {
+        match names.last_mut() {
+            Some(last) if last.contains(':') && piece.contains('=') && !piece.contains(':') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => names.push(piece.to_string()),
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_balancers;
+
+    #[test]
+    fn parameters_stay_with_their_balancer() {
+        assert_eq!(
+            split_balancers("none,bip:t=4,qb-hist:bins=500,ema=0.5,aux"),
+            ["none", "bip:t=4", "qb-hist:bins=500,ema=0.5", "aux"]
+        );
+        assert_eq!(split_balancers("qb"), ["qb"]);
+        // A parameter without a name before it stays alone, and parsing rejects it.
+        assert_eq!(split_balancers("t=4,qb"), ["t=4", "qb"]);
+        assert_eq!(split_balancers("aux,,qb"), ["aux", "", "qb"]);
+    }
 }

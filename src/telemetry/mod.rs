@@ -3,5 +3,6 @@
 
 pub mod analyze;
 pub mod loads;
+#[cfg(feature = "plots")]
 pub mod plots;
 pub mod trace;

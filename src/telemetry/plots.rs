@@ -54,6 +54,24 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Mean of the trailing `window` values at each point (fewer at the start): readable curves
+/// from noisy steps. `x` is kept.
+pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let window = window.max(1);
+    let mut sum = 0.0;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, y))| {
+            sum += y;
+            if i >= window {
+                sum -= points[i - window].1;
+            }
+            (x, sum / (i + 1).min(window) as f64)
+        })
+        .collect()
+}
+
 /// A line chart: title, axis names, lines, optional vertical marker, log-scale y.
 pub struct LineChart {
     /// Title.
@@ -284,4 +302,24 @@ fn draw_heatmap<DB: DrawingBackend>(
     }
     ctx.draw_series(cells).map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_matches_a_plain_loop() {
+        let pts: Vec<(f64, f64)> = (1..=20).map(|s| (s as f64, ((s * 7) % 5) as f64)).collect();
+        for w in [0, 1, 3, 8, 50] {
+            let got = moving_average(&pts, w);
+            assert_eq!(got.len(), pts.len());
+            for (i, &(x, y)) in got.iter().enumerate() {
+                let lo = (i + 1).saturating_sub(w.max(1));
+                let want = pts[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64;
+                assert_eq!(x, pts[i].0);
+                assert!((y - want).abs() < 1e-12, "w {w} i {i}: {y} vs {want}");
+            }
+        }
+    }
 }

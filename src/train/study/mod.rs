@@ -5,5 +5,5 @@
 mod report;
 mod run;
 
-pub use report::{SeedSummary, Spread, StudyReport, moving_average};
+pub use report::{SeedSummary, Spread, StudyReport};
 pub use run::{BalancerResult, StudyConfig, run_study};

@@ -201,39 +201,3 @@ fn with_rule(head: String) -> String {
     let cols = head.matches('|').count() - 1;
     format!("{head}|{}\n", "---|".repeat(cols))
 }
-
-/// Mean of the trailing `window` values at each point: readable curves from noisy steps.
-pub fn moving_average(points: &[(u64, f64)], window: usize) -> Vec<(f64, f64)> {
-    let window = window.max(1);
-    let mut sum = 0.0;
-    points
-        .iter()
-        .enumerate()
-        .map(|(i, &(step, v))| {
-            sum += v;
-            if i >= window {
-                sum -= points[i - window].1;
-            }
-            (step as f64, sum / (i + 1).min(window) as f64)
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn moving_average_matches_a_plain_loop() {
-        let pts: Vec<(u64, f64)> = (1..=20).map(|s| (s, ((s * 7) % 5) as f64)).collect();
-        for w in [1, 3, 8, 50] {
-            let got = moving_average(&pts, w);
-            for (i, &(x, y)) in got.iter().enumerate() {
-                let lo = (i + 1).saturating_sub(w);
-                let want = pts[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64;
-                assert_eq!(x, pts[i].0 as f64);
-                assert!((y - want).abs() < 1e-12, "w {w} i {i}: {y} vs {want}");
-            }
-        }
-    }
-}
