@@ -163,7 +163,9 @@ fn draw_lines<DB: DrawingBackend>(
             let mut mesh = ctx.configure_mesh();
             if text {
                 mesh.x_desc(chart.x_label.as_str())
-                    .y_desc(chart.y_label.as_str());
+                    .y_desc(chart.y_label.as_str())
+                    .x_label_formatter(&|x| tick_label(*x))
+                    .y_label_formatter(&|y| tick_label(*y));
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
@@ -222,6 +224,20 @@ fn draw_lines<DB: DrawingBackend>(
         );
     }
     root.present().map_err(|x| e(&x))
+}
+
+/// An axis label with three significant digits and no trailing zeros (`0.7`, not
+/// `0.7000000000000001`; `100`, not `100.0`).
+fn tick_label(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    match s.contains('.') {
+        true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => s,
+    }
 }
 
 /// Heatmap of a layer's relative expert load (`proportion * experts`, 1 = balanced) over steps,
@@ -307,6 +323,23 @@ fn draw_heatmap<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        for (v, want) in [
+            (0.7000000000000001, "0.7"),
+            (0.09, "0.09"),
+            (0.123456, "0.123"),
+            (7.0, "7"),
+            (2.5, "2.5"),
+            (100.0, "100"),
+            (1234.6, "1235"),
+            (-0.25, "-0.25"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(tick_label(v), want, "{v}");
+        }
+    }
 
     #[test]
     fn moving_average_matches_a_plain_loop() {
