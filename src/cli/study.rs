@@ -182,7 +182,7 @@ fn draw(out: &std::path::Path, report: &StudyReport) -> anyhow::Result<Vec<PathB
 }
 
 /// Splits a comma-separated balancer list; a `key=value` piece belongs to the name before it
-/// (`bip:t=4,ema=0.5,qb` is two balancers). Empty pieces are kept so that parsing names them.
+/// (`qb-hist:bins=500,ema=0.5,aux` is two balancers). Empty pieces are kept so that parsing names them.
 fn split_balancers(list: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for piece in list.split(',') {

@@ -106,13 +106,7 @@ impl StudyReport {
     pub fn markdown(&self, maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
         let mut head =
             String::from("| balancer | seed | val loss | val ppl | AvgMaxVio | SupMaxVio |");
-        for s in maxvio_steps {
-            head += &format!(" MaxVio@{s} |");
-        }
-        head += " MaxVio_global |";
-        for cf in capacity_factors {
-            head += &format!(" drop@cf{cf:.2} |");
-        }
+        head += &balance_columns(maxvio_steps, capacity_factors);
         head += &format!(
             " dropped in training | wall s | median step ms | steps (s) to val {:.3} |\n",
             self.target_loss
@@ -152,13 +146,7 @@ impl StudyReport {
 
     fn summary_markdown(&self, maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
         let mut head = String::from("| balancer | seeds | val loss | AvgMaxVio | SupMaxVio |");
-        for s in maxvio_steps {
-            head += &format!(" MaxVio@{s} |");
-        }
-        head += " MaxVio_global |";
-        for cf in capacity_factors {
-            head += &format!(" drop@cf{cf:.2} |");
-        }
+        head += &balance_columns(maxvio_steps, capacity_factors);
         head += " dropped in training | median step ms |\n";
         let mut md = format!(
             "\nMean ± standard deviation over seeds:\n\n{}",
@@ -194,6 +182,19 @@ impl StudyReport {
         }
         md
     }
+}
+
+/// The head cells both tables share: MaxVio at each step, global MaxVio, drops per capacity.
+fn balance_columns(maxvio_steps: &[u64], capacity_factors: &[f64]) -> String {
+    let mut cols: String = maxvio_steps
+        .iter()
+        .map(|s| format!(" MaxVio@{s} |"))
+        .collect();
+    cols += " MaxVio_global |";
+    for cf in capacity_factors {
+        cols += &format!(" drop@cf{cf:.2} |");
+    }
+    cols
 }
 
 /// A Markdown table head followed by its rule line.
