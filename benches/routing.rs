@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_moe::BackendKind;
 use burn_moe::balance::LossFreeUpdate;
 use burn_moe::device::probe_wgpu_adapter;
-use burn_moe::kernels::{self, KernelPath};
+use burn_moe::kernels::{self, GateRule, KernelPath};
 
 fn list(name: &str, default: &str) -> Vec<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -74,16 +74,28 @@ fn time_steps(
     let scores = burn::tensor::activation::softmax(logits.clone(), 1);
     let offset = Tensor::<1>::zeros([m], device);
     let capacity = Some((1.25 * k as f64 * n as f64 / m as f64).ceil() as usize);
-    let top = kernels::gate_topk(logits.clone(), offset.clone(), None, k, false, false, path)
-        .expect("gate");
+    let top = kernels::gate_topk(
+        logits.clone(),
+        offset.clone(),
+        None,
+        GateRule::top_k(k),
+        path,
+    )
+    .expect("gate");
     let (indices, used): (Tensor<2, Int>, Tensor<2, Int>) = (top.indices, top.used);
     let hist = kernels::expert_histogram(indices.clone(), used.clone(), m, 1, capacity, path)
         .expect("hist");
     let requested = hist.requested;
     let gate = median_ms(
         || {
-            let t = kernels::gate_topk(logits.clone(), offset.clone(), None, k, false, false, path)
-                .expect("gate");
+            let t = kernels::gate_topk(
+                logits.clone(),
+                offset.clone(),
+                None,
+                GateRule::top_k(k),
+                path,
+            )
+            .expect("gate");
             std::hint::black_box(t.indices.into_data().as_bytes()[0]);
         },
         reps,

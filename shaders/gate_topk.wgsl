@@ -5,6 +5,9 @@
 // their sum when `normalize` is set. Ties go to the lower expert index, as on the host.
 // A token with a NaN or infinite logit gets index -1 in every slot, so the caller can report it.
 // GShard random routing: the 2nd choice is used only if 2 * s2 / (s1 + s2) > draw.
+// Group-limited routing: the experts form `groups` equal groups; a token chooses only inside
+// its best `top_groups` groups, scored by their largest selection value or the sum of their two
+// largest (ties to the lower group index). The kept groups are bits of a u32 mask (<= 32 groups).
 
 struct Params {
     tokens: u32,
@@ -12,6 +15,9 @@ struct Params {
     score_fn: u32,      // 0 = softmax, 1 = sigmoid
     normalize: u32,     // 1: gates / sum over the chosen experts
     random_second: u32, // 1: apply GShard's rule to the 2nd choice
+    groups: u32,        // expert groups (1: no group limit)
+    top_groups: u32,    // groups each token keeps
+    top_two_sum: u32,   // 1: group score = sum of the two largest values, 0: the largest
 }
 
 // Every binding is read_write: Burn pools tensors in shared wgpu buffers, and wgpu refuses a
@@ -69,12 +75,55 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 
+    // The kept groups: `top_groups` passes, each taking the best group not yet kept.
+    var kept = 0xffffffffu;
+    if params.groups > 1u {
+        kept = 0u;
+        let per_group = m / params.groups;
+        for (var n = 0u; n < params.top_groups; n++) {
+            var best_group = 0u;
+            var best_score = 0.0;
+            var found = false;
+            for (var g = 0u; g < params.groups; g++) {
+                if (kept & (1u << g)) != 0u {
+                    continue;
+                }
+                var first = -3.4e38;
+                var second = -3.4e38;
+                for (var i = 0u; i < per_group; i++) {
+                    let j = g * per_group + i;
+                    let v = score(logits[row + j], row_max, denom) + offset[j];
+                    if v > first {
+                        second = first;
+                        first = v;
+                    } else if v > second {
+                        second = v;
+                    }
+                }
+                var s = first;
+                if params.top_two_sum == 1u {
+                    s = first + second;
+                }
+                if !found || s > best_score {
+                    best_group = g;
+                    best_score = s;
+                    found = true;
+                }
+            }
+            kept = kept | (1u << best_group);
+        }
+    }
+
     // Insertion into a sorted list of the best K; a later expert displaces an earlier one only
     // when strictly better, which keeps ties on the lower index.
     var best_value: array<f32, K>;
     var best_index: array<u32, K>;
     var filled = 0u;
+    let per_group = m / params.groups;
     for (var j = 0u; j < m; j++) {
+        if (kept & (1u << (j / per_group))) == 0u {
+            continue;
+        }
         let v = score(logits[row + j], row_max, denom) + offset[j];
         if filled == K && !(v > best_value[K - 1u]) {
             continue;

@@ -12,11 +12,14 @@
 //! println!("tokens per expert: {:?}", out.computed_counts());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod balance;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod hf;
 pub mod kernels;
 pub mod memory;
 pub mod model;
@@ -27,5 +30,10 @@ pub mod telemetry;
 pub mod train;
 
 pub use device::BackendKind;
+
+/// The README's Rust examples, compiled (and run unless marked `no_run`) as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use error::{MoeError, Result};
 pub use moe::{Moe, MoeConfig, MoeOutput};

@@ -10,11 +10,11 @@ mod common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_moe::balance::{LossFreeUpdate, bip, loss_free, quantile};
-use burn_moe::kernels::{self, KernelPath};
+use burn_moe::kernels::{self, GateRule, KernelPath};
 use burn_moe::moe::ScoreFunction;
 use burn_moe::routing::capacity::admit;
 use burn_moe::routing::scores::scores_from_logits;
-use burn_moe::routing::{RoutingRule, plan_routing};
+use burn_moe::routing::{GroupLimit, GroupScore, RoutingRule, plan_routing};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,6 +60,7 @@ struct GateCase {
     normalize: bool,
     offset: bool,
     random_second: bool,
+    group_limit: Option<GroupLimit>,
 }
 
 fn gate_cases() -> Vec<GateCase> {
@@ -72,8 +73,49 @@ fn gate_cases() -> Vec<GateCase> {
         normalize,
         offset,
         random_second,
+        group_limit: None,
+    };
+    let grouped = |case: GateCase, groups, top_groups, score| GateCase {
+        group_limit: Some(GroupLimit {
+            groups,
+            top_groups,
+            score,
+        }),
+        ..case
     };
     vec![
+        // Group-limited routing: DeepSeek-V3's form (sigmoid, offset, sum of the top two),
+        // V2's (softmax, max), one kept group, all groups kept, 32 groups, coarse ties.
+        grouped(
+            c(200, 16, 4, false, true, true, true, false),
+            4,
+            2,
+            GroupScore::TopTwoSum,
+        ),
+        grouped(
+            c(150, 24, 2, false, false, false, true, false),
+            6,
+            3,
+            GroupScore::Max,
+        ),
+        grouped(
+            c(90, 16, 2, true, false, false, false, false),
+            8,
+            1,
+            GroupScore::TopTwoSum,
+        ),
+        grouped(
+            c(64, 8, 3, false, true, false, true, false),
+            2,
+            2,
+            GroupScore::Max,
+        ),
+        grouped(
+            c(40, 64, 2, true, true, false, true, false),
+            32,
+            3,
+            GroupScore::TopTwoSum,
+        ),
         c(1, 4, 1, false, false, false, false, false),
         c(1, 8, 8, false, true, true, true, false),
         c(100, 16, 2, true, false, false, false, false),
@@ -113,6 +155,7 @@ fn check_gate_topk(device: &Device, path: KernelPath, what: &str) {
             groups: 1,
             capacity_factor: None,
             random_second: case.random_second,
+            group_limit: case.group_limit,
         };
         let plan = plan_routing(
             &scores,
@@ -127,9 +170,12 @@ fn check_gate_topk(device: &Device, path: KernelPath, what: &str) {
             float2(l, [n, m], device),
             float1(offset, device),
             case.random_second.then(|| float1(draws.clone(), device)),
-            k,
-            case.sigmoid,
-            case.normalize,
+            GateRule {
+                top_k: k,
+                sigmoid: case.sigmoid,
+                normalize: case.normalize,
+                group_limit: case.group_limit,
+            },
             path,
         )
         .unwrap();
@@ -358,9 +404,7 @@ fn check_nan(device: &Device, path: KernelPath, what: &str) {
         float2(l, [n, m], device),
         Tensor::zeros([m], device),
         None,
-        2,
-        false,
-        false,
+        GateRule::top_k(2),
         path,
     )
     .unwrap();
@@ -412,9 +456,7 @@ fn wgsl_path_is_refused_on_cpu_devices_and_bad_inputs_are_reported() {
         l.clone(),
         Tensor::zeros([4], &device),
         None,
-        1,
-        false,
-        false,
+        GateRule::top_k(1),
         KernelPath::Wgsl,
     )
     .unwrap_err()
@@ -424,9 +466,7 @@ fn wgsl_path_is_refused_on_cpu_devices_and_bad_inputs_are_reported() {
         l.clone(),
         Tensor::zeros([4], &device),
         None,
-        5,
-        false,
-        false,
+        GateRule::top_k(5),
         KernelPath::Auto,
     )
     .unwrap_err()
@@ -436,9 +476,7 @@ fn wgsl_path_is_refused_on_cpu_devices_and_bad_inputs_are_reported() {
         l,
         Tensor::zeros([3], &device),
         None,
-        1,
-        false,
-        false,
+        GateRule::top_k(1),
         KernelPath::Auto,
     )
     .unwrap_err()
@@ -490,8 +528,8 @@ fn offset_balancers_route_the_same_on_wgpu_and_ndarray_from_the_same_logits() {
                 auto,
             )
             .unwrap();
-            let bip =
-                kernels::gate_topk(logits.clone(), q.neg(), None, k, false, false, auto).unwrap();
+            let bip = kernels::gate_topk(logits.clone(), q.neg(), None, GateRule::top_k(k), auto)
+                .unwrap();
             let b = kernels::qb_update(
                 scores,
                 Tensor::zeros([m], device),
@@ -501,7 +539,7 @@ fn offset_balancers_route_the_same_on_wgpu_and_ndarray_from_the_same_logits() {
                 auto,
             )
             .unwrap();
-            let qb = kernels::gate_topk(logits, b, None, k, false, false, auto).unwrap();
+            let qb = kernels::gate_topk(logits, b, None, GateRule::top_k(k), auto).unwrap();
             (ints(bip.indices), ints(qb.indices))
         };
         let (on_gpu, on_cpu) = (route(&gpu), route(&cpu));

@@ -5,19 +5,22 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
+
+use super::args::BackendFlag;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use burn_moe::BackendKind;
 use burn_moe::balance::metrics::max_vio;
 use burn_moe::moe::{MoeConfig, ScoreFunction};
 
 /// Options of `burn-moe demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
+    /// Print one JSON summary line instead of the tables.
+    #[arg(long)]
+    pub json: bool,
     /// Routed experts.
     #[arg(long, default_value_t = 8)]
     pub experts: usize,
@@ -71,7 +74,7 @@ fn clustered_tokens(tokens: usize, d: usize, seed: u64) -> Vec<f32> {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     device.seed(args.seed);
     let config = MoeConfig::new(args.d_model, args.d_ff, args.experts)
         .with_top_k(args.top_k)
@@ -93,25 +96,24 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         )
     };
 
-    println!(
-        "burn-moe demo: {} tokens, d_model {}, {} experts, top-{}, {}, backend {}",
-        args.tokens,
-        args.d_model,
-        args.experts,
-        args.top_k,
-        match args.capacity_factor {
-            Some(cf) => format!("capacity factor {cf}"),
-            None => "dropless".into(),
-        },
-        args.backend
-    );
+    if !args.json {
+        println!(
+            "burn-moe demo: {} tokens, d_model {}, {} experts, top-{}, {}, backend {}",
+            args.tokens,
+            args.d_model,
+            args.experts,
+            args.top_k,
+            match args.capacity_factor {
+                Some(cf) => format!("capacity factor {cf}"),
+                None => "dropless".into(),
+            },
+            args.backend.kind
+        );
+    }
     let warm = Instant::now();
     let out = moe.forward(input())?;
     let _ = out.output.clone().into_data(); // wait for the device
-    println!(
-        "warm-up call (includes kernel compilation on wgpu): {:.1} ms",
-        warm.elapsed().as_secs_f64() * 1e3
-    );
+    let warm_ms = warm.elapsed().as_secs_f64() * 1e3;
 
     let mut times = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
@@ -121,8 +123,29 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    let median_ms = times.get(times.len() / 2).copied();
 
     let plan = &out.routing;
+    if args.json {
+        let summary = serde_json::json!({
+            "backend": args.backend.kind.to_string(),
+            "tokens": args.tokens,
+            "experts": args.experts,
+            "top_k": args.top_k,
+            "requested": plan.requested_counts,
+            "computed": plan.computed_counts,
+            "max_vio": max_vio(&plan.requested_counts),
+            "capacity": plan.capacity,
+            "dropped_assignments": plan.dropped_assignments(),
+            "dropped_tokens": plan.dropped_tokens,
+            "warmup_ms": warm_ms,
+            "median_ms": median_ms,
+            "tokens_per_s": median_ms.map(|m| args.tokens as f64 / (m / 1e3)),
+        });
+        println!("{summary}");
+        return Ok(());
+    }
+    println!("warm-up call (includes kernel compilation on wgpu): {warm_ms:.1} ms");
     let total: usize = plan.computed_counts.iter().sum();
     println!("\nexpert  requested  computed  share");
     for (e, (r, c)) in plan
@@ -150,8 +173,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         100.0 * plan.dropped_assignments() as f64 / (args.tokens * args.top_k) as f64,
         plan.dropped_tokens,
     );
-    if !times.is_empty() {
-        let median = times[times.len() / 2];
+    if let Some(median) = median_ms {
         println!(
             "forward: median {median:.2} ms over {} calls, {:.0} tokens/s",
             times.len(),

@@ -1,6 +1,7 @@
 //! The `burn-moe` command line.
 
 mod analyze;
+mod args;
 mod demo;
 mod place;
 mod predict;
@@ -56,7 +57,15 @@ pub enum Command {
     /// Train the same model once per balancer and compare quality, balance and speed.
     Study(StudyArgs),
     /// Show the wgpu adapter this machine offers, if any.
-    Devices,
+    Devices(DevicesArgs),
+}
+
+/// Options of `burn-moe devices`.
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the parsed command line.
@@ -71,8 +80,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run_predict(&args),
         Command::Place(args) => place::run_place(&args),
         Command::Study(args) => study::run(&args),
-        Command::Devices => {
-            match burn_moe::device::probe_wgpu_adapter() {
+        Command::Devices(args) => {
+            let wgpu = burn_moe::device::probe_wgpu_adapter();
+            if args.json {
+                let wgpu = match &wgpu {
+                    Ok(a) => serde_json::json!({ "available": true, "adapter": a.to_string() }),
+                    Err(e) => serde_json::json!({ "available": false, "error": e.to_string() }),
+                };
+                let cpu = serde_json::json!({ "available": true });
+                println!(
+                    "{}",
+                    serde_json::json!({ "wgpu": wgpu, "ndarray": cpu, "flex": cpu })
+                );
+                return Ok(());
+            }
+            match wgpu {
                 Ok(a) => println!("wgpu: {a}"),
                 Err(e) => println!("wgpu: unavailable: {e}"),
             }

@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use burn_moe::BackendKind;
+use super::args::{BackendFlag, parse_balancer};
+
 use burn_moe::balance::BalancerConfig;
 use burn_moe::balance::simulate::{SimulationConfig, simulate};
 use burn_moe::moe::ScoreFunction;
@@ -27,7 +28,7 @@ pub struct SimulateArgs {
     pub steps: usize,
     /// Balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip, bip-noclamp,
     /// bip-lagged, qb, qb-hist; parameters may follow, e.g. bip:t=4, qb-hist:bins=500,ema=0.5.
-    #[arg(long, default_value = "bip")]
+    #[arg(long, default_value = "bip", value_parser = parse_balancer)]
     pub balancer: BalancerConfig,
     /// Loss-Free update rate u (overrides the default 1e-3).
     #[arg(long)]
@@ -47,9 +48,8 @@ pub struct SimulateArgs {
     /// Router SGD learning rate for loss balancers.
     #[arg(long, default_value_t = 1.0)]
     pub router_lr: f64,
-    /// Backend: wgpu, ndarray or flex.
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -91,7 +91,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         ..SimulationConfig::new(BalancerConfig::None)
     };
     config.balancer.validate()?;
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     if !args.json {
         println!(
             "simulate: {} experts, top-{}, {} tokens/step, {} steps, balancer {}, backend {}",
@@ -100,7 +100,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             config.tokens,
             config.steps,
             burn_moe::balance::BalancerSummary(&config.balancer),
-            args.backend
+            args.backend.kind
         );
     }
     let report = simulate(&config, &device, |step, maxvio| {
@@ -122,7 +122,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let mut summary = serde_json::to_value(&report)?;
     if let Some(obj) = summary.as_object_mut() {
         obj.remove("maxvio");
-        obj.insert("backend".into(), args.backend.to_string().into());
+        obj.insert("backend".into(), args.backend.kind.to_string().into());
         obj.insert("experts".into(), config.experts.into());
         obj.insert("top_k".into(), config.top_k.into());
         obj.insert("tokens".into(), config.tokens.into());

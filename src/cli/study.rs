@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use burn_moe::BackendKind;
-use burn_moe::balance::BalancerConfig;
+use super::args::{BackendFlag, parse_balancer, preset_parser};
+
 use burn_moe::checkpoint::write_bytes_atomic;
 use burn_moe::model::Preset;
 use burn_moe::telemetry::plots::{LineChart, Series, line_chart, moving_average};
@@ -32,11 +32,10 @@ pub struct StudyArgs {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Model size: tiny or small.
-    #[arg(long, default_value = "small")]
+    #[arg(long, default_value = "small", value_parser = preset_parser())]
     pub preset: Preset,
-    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
     /// Study directory: one run directory per balancer, the table and the charts.
     #[arg(long, default_value = "runs/study")]
     pub out: PathBuf,
@@ -68,7 +67,7 @@ pub struct StudyArgs {
 const MAXVIO_STEPS: [u64; 3] = [1, 10, 100];
 
 pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     let model = args.run.model(args.preset);
     model.validate()?;
     let train = args
@@ -79,8 +78,9 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     train.validate()?;
     let balancers = split_balancers(&args.balancers)
         .into_iter()
-        .map(|n| Ok((n.clone(), n.parse::<BalancerConfig>()?)))
-        .collect::<burn_moe::Result<Vec<_>>>()?;
+        .map(|n| parse_balancer(&n).map(|b| (n, b)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("--balancers: {e}"))?;
     let config = StudyConfig {
         base: RunManifest::new(model, train, args.run.data.as_deref())?,
         balancers,
@@ -104,8 +104,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
             config.balancers.len(),
             config.seeds.len().max(1),
             args.steps,
-            args.backend,
-            describe_backend(args.backend),
+            args.backend.kind,
+            describe_backend(args.backend.kind),
             args.out.display()
         );
     }
@@ -122,7 +122,7 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         draw(&args.out, &report)?
     };
     if args.json {
-        println!("{json}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{table}");
         println!("written: {}", args.out.join("study.md").display());

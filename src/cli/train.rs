@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use burn::module::Module;
 use clap::Args;
+
+use super::args::{BackendFlag, parse_balancer, preset_parser};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use burn_moe::BackendKind;
@@ -22,11 +24,10 @@ use burn_moe::train::{
 /// Options of `burn-moe train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Backend: wgpu (any GPU), ndarray or flex (CPU).
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
     /// Model size: tiny or small.
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = "tiny", value_parser = preset_parser())]
     pub preset: Preset,
     #[command(flatten)]
     pub run: RunArgs,
@@ -51,7 +52,7 @@ pub struct TrainArgs {
     pub dense_first: bool,
     /// Load balancer: none, aux, gshard-aux, seq-aux, loss-free, loss-free-prop, bip,
     /// bip-noclamp, bip-lagged, qb, qb-hist; parameters may follow, e.g. bip:t=4.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", value_parser = parse_balancer)]
     pub balancer: BalancerConfig,
     /// Router z-loss weight (0: off).
     #[arg(long, default_value_t = 0.0)]
@@ -108,6 +109,13 @@ pub struct RunArgs {
     /// Expert capacity factor in training (omit for dropless).
     #[arg(long)]
     pub capacity_factor: Option<f64>,
+    /// Group-limited routing: the routed experts form this many groups (must divide
+    /// --experts), and each token chooses inside its best --top-groups of them (DeepSeek-V3).
+    #[arg(long, default_value_t = 1)]
+    pub expert_groups: usize,
+    /// Groups each token keeps under group-limited routing.
+    #[arg(long, default_value_t = 1)]
+    pub top_groups: usize,
 }
 
 impl RunArgs {
@@ -119,6 +127,8 @@ impl RunArgs {
         model.moe.d_ff = self.expert_width.unwrap_or(model.moe.d_ff);
         model.moe.num_shared_experts = self.shared_experts.unwrap_or(model.moe.num_shared_experts);
         model.moe.capacity_factor = self.capacity_factor;
+        model.moe.expert_groups = self.expert_groups;
+        model.moe.top_groups = self.top_groups;
         model
     }
 
@@ -206,7 +216,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     let (dir, start) = match &args.resume {
         Some(path) => (
             RunDir::open(path)?,
@@ -235,8 +245,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     if !args.json {
         eprintln!(
             "training on {} ({}), run directory {}",
-            args.backend,
-            describe_backend(args.backend),
+            args.backend.kind,
+            describe_backend(args.backend.kind),
             dir.root().display()
         );
     }
@@ -276,9 +286,8 @@ pub struct EvalArgs {
     /// Evaluate on this text file's validation split (default: the run's data).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Backend.
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
     /// Validation batches (of the run's batch size and seq-len).
     #[arg(long, default_value_t = 32)]
     pub batches: usize,
@@ -290,7 +299,7 @@ pub struct EvalArgs {
 pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let dir = RunDir::open(&args.checkpoint)?;
     let manifest = dir.manifest()?;
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     let (model, state) = dir.load_model(&device)?;
     anyhow::ensure!(args.batches >= 1, "--batches must be at least 1");
     let data = match &args.data {
@@ -356,14 +365,16 @@ pub struct GenerateArgs {
     /// Sampler seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Backend.
-    #[arg(long, default_value = "flex")]
-    pub backend: BackendKind,
+    #[command(flatten)]
+    pub backend: BackendFlag,
+    /// Print one JSON line (prompt and generated text) when done instead of streaming.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let dir = RunDir::open(&args.checkpoint)?;
-    let device = args.backend.device(false)?;
+    let device = args.backend.kind.device(false)?;
     let (model, _) = dir.load_model(&device)?;
     let sampling = SamplingConfig {
         max_tokens: args.max_tokens,
@@ -371,6 +382,18 @@ pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
+    if args.json {
+        let mut bytes = Vec::new();
+        generate(&model.valid(), &args.prompt, sampling, |byte| {
+            bytes.push(byte)
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        println!(
+            "{}",
+            serde_json::json!({ "prompt": args.prompt, "generated": text, "bytes": bytes.len() })
+        );
+        return Ok(());
+    }
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
     let mut pending = Vec::new(); // bytes of a UTF-8 character not yet complete

@@ -10,6 +10,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, backend_extension};
 use burn::tensor::{DType, Shape};
 
+use super::GateRule;
+
 /// The routing steps as backend operations. All integer outputs are `i32`.
 #[backend_extension(Cube, Fusion, Autodiff)]
 pub trait RoutingKernels: Backend {
@@ -17,8 +19,8 @@ pub trait RoutingKernels: Backend {
     ///
     /// `logits [n, m]`, `offset [m]`, `draws [n]` (or `[1]` without random routing) ->
     /// `(indices [n, k], gates [n, k], used [n, k])`; a token with a non-finite logit gets index -1.
-    #[fusion(meta = |logits, _offset, _draws, top_k, _score, _normalize, _random| {
-        let shape = Shape::new([logits.shape[0], *top_k]);
+    #[fusion(meta = |logits, _offset, _draws, rule, _random| {
+        let shape = Shape::new([logits.shape[0], rule.top_k]);
         (
             TensorSpec::new(shape.clone(), DType::I32),
             TensorSpec::new(shape.clone(), logits.dtype),
@@ -29,9 +31,7 @@ pub trait RoutingKernels: Backend {
         logits: FloatTensor<Self>,
         offset: FloatTensor<Self>,
         draws: FloatTensor<Self>,
-        top_k: usize,
-        sigmoid: bool,
-        normalize: bool,
+        rule: GateRule,
         random_second: bool,
     ) -> (IntTensor<Self>, FloatTensor<Self>, IntTensor<Self>);
 
@@ -99,18 +99,14 @@ impl<B: RoutingKernels, C: CheckpointStrategy> RoutingKernels for Autodiff<B, C>
         logits: FloatTensor<Self>,
         offset: FloatTensor<Self>,
         draws: FloatTensor<Self>,
-        top_k: usize,
-        sigmoid: bool,
-        normalize: bool,
+        rule: GateRule,
         random_second: bool,
     ) -> (IntTensor<Self>, FloatTensor<Self>, IntTensor<Self>) {
         let (indices, gates, used) = B::gate_topk(
             logits.into_primitive(),
             offset.into_primitive(),
             draws.into_primitive(),
-            top_k,
-            sigmoid,
-            normalize,
+            rule,
             random_second,
         );
         (indices, Self::from_inner(gates), used)

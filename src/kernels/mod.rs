@@ -2,7 +2,7 @@
 //! histograms with queue positions (capacity dropping in token order), and the Loss-Free, BIP
 //! and quantile-balancing updates.
 //!
-//! Two implementations with one contract: the WGSL shaders of `shaders/` ([`wgsl`], through the
+//! Two implementations with one contract: the WGSL shaders of `shaders/` (`wgsl`, through the
 //! [`RoutingKernels`] backend extension) on wgpu, and Burn tensor ops ([`portable`]) everywhere
 //! else. [`KernelPath::Auto`] takes the shaders on wgpu devices and the tensor ops on the CPU
 //! backends; [`KernelPath::Portable`] forces the tensor ops on any device (for comparison).
@@ -21,6 +21,32 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::balance::LossFreeUpdate;
 use crate::error::{MoeError, Result};
+use crate::routing::GroupLimit;
+
+/// What [`gate_topk`] computes from the router logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateRule {
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Sigmoid scores instead of softmax.
+    pub sigmoid: bool,
+    /// Divide the chosen gates by their sum.
+    pub normalize: bool,
+    /// Choose only inside each token's best expert groups.
+    pub group_limit: Option<GroupLimit>,
+}
+
+impl GateRule {
+    /// Softmax top-`top_k`, raw gates, no group limit.
+    pub fn top_k(top_k: usize) -> Self {
+        GateRule {
+            top_k,
+            sigmoid: false,
+            normalize: false,
+            group_limit: None,
+        }
+    }
+}
 
 /// Which implementation runs the routing steps.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -94,9 +120,10 @@ fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// Scores (softmax, or sigmoid when `sigmoid`), selection by `score + offset`, top-k with ties
-/// to the lower index, gates (normalised over the chosen experts when `normalize`) and, with
-/// `draws`, GShard's random rule for the 2nd choice.
+/// Scores (softmax, or sigmoid when `rule.sigmoid`), selection by `score + offset` (inside each
+/// token's best expert groups under a group limit), top-k with ties to the lower index, gates
+/// (normalised over the chosen experts when `rule.normalize`) and, with `draws`, GShard's
+/// random rule for the 2nd choice.
 ///
 /// # Shapes
 /// - logits: `[tokens, experts]`, offset: `[experts]`, draws: `[tokens]`
@@ -105,12 +132,11 @@ pub fn gate_topk(
     logits: Tensor<2>,
     offset: Tensor<1>,
     draws: Option<Tensor<1>>,
-    top_k: usize,
-    sigmoid: bool,
-    normalize: bool,
+    rule: GateRule,
     path: KernelPath,
 ) -> Result<TopK> {
     let [n, m] = logits.dims();
+    let top_k = rule.top_k;
     ensure(n > 0 && n <= MAX_TOKENS, || {
         format!("gate_topk takes 1 to {MAX_TOKENS} tokens, got {n}")
     })?;
@@ -123,15 +149,18 @@ pub fn gate_topk(
     ensure(offset.dims() == [m], || {
         format!("offset has shape {:?}, expected [{m}]", offset.dims())
     })?;
+    if let Some(limit) = &rule.group_limit {
+        limit
+            .validate(m, top_k)
+            .map_err(|e| MoeError::Input(e.to_string()))?;
+    }
     if let Some(d) = &draws {
         ensure(d.dims() == [n], || {
             format!("draws have shape {:?}, expected [{n}]", d.dims())
         })?;
     }
     if !uses_wgsl(path, &logits.device())? {
-        return Ok(portable::gate_topk(
-            logits, offset, draws, top_k, sigmoid, normalize,
-        ));
+        return Ok(portable::gate_topk(logits, offset, draws, rule));
     }
     let random_second = draws.is_some() && top_k >= 2;
     let draws = draws.unwrap_or_else(|| Tensor::zeros([1], &logits.device()));
@@ -139,9 +168,7 @@ pub fn gate_topk(
         logits.into_dispatch(),
         offset.into_dispatch(),
         draws.into_dispatch(),
-        top_k,
-        sigmoid,
-        normalize,
+        rule,
         random_second,
     );
     Ok(TopK {

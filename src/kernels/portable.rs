@@ -4,18 +4,18 @@
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
-use super::{Histogram, TopK};
+use super::{GateRule, Histogram, TopK};
+use crate::routing::{GroupLimit, GroupScore};
 
 /// See [`super::RoutingKernels::gate_topk`].
 pub fn gate_topk(
     logits: Tensor<2>,
     offset: Tensor<1>,
     draws: Option<Tensor<1>>,
-    top_k: usize,
-    use_sigmoid: bool,
-    normalize: bool,
+    rule: GateRule,
 ) -> TopK {
     let [n, m] = logits.dims();
+    let top_k = rule.top_k;
     let device = logits.device();
     let bad_rows = logits
         .clone()
@@ -24,32 +24,17 @@ pub fn gate_topk(
         .int()
         .sum_dim(1)
         .greater_elem(0); // [n, 1]
-    let scores = if use_sigmoid {
+    let scores = if rule.sigmoid {
         sigmoid(logits)
     } else {
         softmax(logits, 1)
     };
 
-    // k rounds of "take the best, lowest index on ties, then mask it out".
-    let iota = Tensor::<1, Int>::arange(0..m as i64, &device)
-        .unsqueeze_dim::<2>(0)
-        .expand([n, m]);
-    let reverse = iota.clone().neg().add_scalar(m as i64); // m - j: larger for lower j
     let mut selection = scores.clone() + offset.unsqueeze_dim::<2>(0).expand([n, m]);
-    let mut picks = Vec::with_capacity(top_k);
-    for _ in 0..top_k {
-        let best = selection.clone().max_dim(1).expand([n, m]);
-        let is_best = selection.clone().equal(best).int();
-        let pick = (is_best * reverse.clone())
-            .max_dim(1)
-            .neg()
-            .add_scalar(m as i64)
-            .clamp(0, m as i64 - 1); // [n, 1]
-        let chosen = iota.clone().equal(pick.clone().expand([n, m]));
-        selection = selection.mask_fill(chosen, f32::NEG_INFINITY);
-        picks.push(pick);
+    if let Some(limit) = &rule.group_limit {
+        selection = keep_top_groups(selection, limit);
     }
-    let indices = Tensor::cat(picks, 1);
+    let indices = take_top_k(selection, top_k);
     let mut gates = scores.gather(1, indices.clone());
     let mut used = Tensor::<2, Int>::ones([n, top_k], &device);
     if let Some(draws) = draws.filter(|_| top_k >= 2) {
@@ -61,7 +46,7 @@ pub fn gate_topk(
             .int();
         used = used.slice_assign([0..n, 1..2], keep);
     }
-    if normalize {
+    if rule.normalize {
         gates = gates.clone() / gates.sum_dim(1).expand([n, top_k]);
     }
     let bad = bad_rows.expand([n, top_k]);
@@ -70,6 +55,64 @@ pub fn gate_topk(
         gates: gates.mask_fill(bad.clone(), 0.0),
         used: used.mask_fill(bad, 0),
     }
+}
+
+/// Indices `[n, k]` of the `k` largest values of each row, largest first, ties to the lower
+/// index: `k` rounds of "take the best, then mask it out".
+fn take_top_k(mut values: Tensor<2>, k: usize) -> Tensor<2, Int> {
+    let [n, m] = values.dims();
+    let device = values.device();
+    let iota = Tensor::<1, Int>::arange(0..m as i64, &device)
+        .unsqueeze_dim::<2>(0)
+        .expand([n, m]);
+    let reverse = iota.clone().neg().add_scalar(m as i64); // m - j: larger for lower j
+    let mut picks = Vec::with_capacity(k);
+    for _ in 0..k {
+        let best = values.clone().max_dim(1).expand([n, m]);
+        let is_best = values.clone().equal(best).int();
+        let pick = (is_best * reverse.clone())
+            .max_dim(1)
+            .neg()
+            .add_scalar(m as i64)
+            .clamp(0, m as i64 - 1); // [n, 1]
+        let chosen = iota.clone().equal(pick.clone().expand([n, m]));
+        values = values.mask_fill(chosen, f32::NEG_INFINITY);
+        picks.push(pick);
+    }
+    Tensor::cat(picks, 1)
+}
+
+/// `selection [n, m]` with every expert outside each row's best `top_groups` groups set to
+/// `-inf` (see [`GroupLimit::mask_row`]).
+fn keep_top_groups(selection: Tensor<2>, limit: &GroupLimit) -> Tensor<2> {
+    let [n, m] = selection.dims();
+    let (g, per_group) = (limit.groups, m / limit.groups);
+    let grouped = selection.clone().reshape([n, g, per_group]);
+    let first = grouped.clone().max_dim(2); // [n, g, 1]
+    let group_score = match limit.score {
+        GroupScore::Max => first,
+        GroupScore::TopTwoSum => {
+            // Mask out one (the lowest-index) maximum, then take the max again.
+            let flat = grouped.reshape([n * g, per_group]);
+            let top = take_top_k(flat.clone(), 2);
+            let two = flat.gather(1, top).sum_dim(1); // [n * g, 1]
+            two.reshape([n, g, 1])
+        }
+    }
+    .reshape([n, g]);
+    let kept = take_top_k(group_score, limit.top_groups); // [n, M]
+    let device = selection.device();
+    let group_of = Tensor::<1, Int>::arange(0..g as i64, &device)
+        .reshape([1, g, 1])
+        .expand([n, g, limit.top_groups]);
+    let is_kept = group_of
+        .equal(kept.unsqueeze_dim::<3>(1).expand([n, g, limit.top_groups]))
+        .int()
+        .sum_dim(2) // [n, g, 1]
+        .expand([n, g, per_group])
+        .reshape([n, m])
+        .equal_elem(0);
+    selection.mask_fill(is_kept, f32::NEG_INFINITY)
 }
 
 /// See [`super::RoutingKernels::expert_histogram`].

@@ -12,7 +12,9 @@ use burn_cubecl::cubecl::prelude::KernelId;
 use burn_cubecl::cubecl::server::{Handle, KernelArguments};
 use burn_cubecl::cubecl::{CubeCount, CubeDim};
 
+use super::GateRule;
 use super::extension::RoutingKernels;
+use crate::routing::GroupScore;
 
 const GATE_TOPK: &str = include_str!("../../shaders/gate_topk.wgsl");
 const EXPERT_HISTOGRAM: &str = include_str!("../../shaders/expert_histogram.wgsl");
@@ -121,11 +123,10 @@ impl RoutingKernels for CubeBackend {
         logits: CubeTensor,
         offset: CubeTensor,
         draws: CubeTensor,
-        top_k: usize,
-        sigmoid: bool,
-        normalize: bool,
+        rule: GateRule,
         random_second: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let top_k = rule.top_k;
         let (logits, offset, draws) = (
             into_contiguous(logits),
             into_contiguous(offset),
@@ -142,9 +143,13 @@ impl RoutingKernels for CubeBackend {
             &[
                 n as u32,
                 m as u32,
-                sigmoid as u32,
-                normalize as u32,
+                rule.sigmoid as u32,
+                rule.normalize as u32,
                 random_second as u32,
+                rule.group_limit.map_or(1, |g| g.groups as u32),
+                rule.group_limit.map_or(1, |g| g.top_groups as u32),
+                rule.group_limit
+                    .is_some_and(|g| g.score == GroupScore::TopTwoSum) as u32,
             ],
         );
         let workgroup = 64;

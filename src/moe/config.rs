@@ -7,6 +7,7 @@ use crate::balance::BalancerConfig;
 use crate::error::{Result, ensure_config};
 use crate::kernels::KernelPath;
 use crate::moe::Moe;
+use crate::routing::{GroupLimit, GroupScore};
 
 /// How router logits become expert scores.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -61,6 +62,21 @@ pub struct MoeConfig {
     /// this makes every gate 1 and stops the router's gradient, so it stays off by default.
     #[config(default = false)]
     pub normalize_gates: bool,
+    /// Multiplies every routed gate after normalisation (DeepSeek-V3's `routed_scaling_factor`).
+    #[config(default = 1.0)]
+    pub routed_scaling_factor: f64,
+    /// Group-limited routing (DeepSeek-V2/V3): the experts form this many equal groups of
+    /// consecutive indices, and each token chooses only inside its best `top_groups` groups.
+    /// 1 turns it off. Must divide `num_experts`; at most 32.
+    #[config(default = 1)]
+    pub expert_groups: usize,
+    /// Groups each token keeps under group-limited routing, `1..=expert_groups`.
+    #[config(default = 1)]
+    pub top_groups: usize,
+    /// How an expert group is scored from its experts' selection values (scores plus the
+    /// balancer's offset).
+    #[config(default = "GroupScore::TopTwoSum")]
+    pub group_score: GroupScore,
     /// Expert capacity factor: each expert takes at most `ceil(capacity_factor * k * S / m)`
     /// tokens of each group of `S` tokens; the rest are dropped and pass through the residual
     /// connection. `None` is dropless: every chosen (token, expert) pair is computed.
@@ -84,6 +100,10 @@ pub struct MoeConfig {
     /// Hidden width of each shared expert; `None` means `d_ff`.
     #[config(default = "None")]
     pub d_ff_shared: Option<usize>,
+    /// Scale the shared experts' output per token by `sigmoid(x w)`, with a learned `w`
+    /// (`[d_model, 1]`; Qwen2-MoE's `shared_expert_gate`).
+    #[config(default = false)]
+    pub shared_expert_gate: bool,
     /// FFN form of routed and shared experts.
     #[config(default = "ExpertActivation::SwiGlu")]
     pub activation: ExpertActivation,
@@ -145,6 +165,22 @@ impl MoeConfig {
         ensure_config(self.d_ff_shared != Some(0), || {
             "d_ff_shared must be at least 1 (or None for d_ff)".into()
         })?;
+        if let Some(limit) = self.group_limit() {
+            limit.validate(self.num_experts, self.top_k)?;
+        }
+        ensure_config(
+            self.routed_scaling_factor.is_finite() && self.routed_scaling_factor > 0.0,
+            || {
+                format!(
+                    "routed_scaling_factor must be a finite number > 0, got {}",
+                    self.routed_scaling_factor
+                )
+            },
+        )?;
+        ensure_config(
+            !self.shared_expert_gate || self.num_shared_experts > 0,
+            || "shared_expert_gate needs num_shared_experts >= 1".into(),
+        )?;
         self.balancer.validate()?;
         ensure_config(
             self.z_loss_weight.is_finite() && self.z_loss_weight >= 0.0,
@@ -156,6 +192,15 @@ impl MoeConfig {
             },
         )?;
         Ok(())
+    }
+
+    /// The group limit of group-limited routing, `None` when `expert_groups` is 1.
+    pub fn group_limit(&self) -> Option<GroupLimit> {
+        (self.expert_groups > 1).then_some(GroupLimit {
+            groups: self.expert_groups,
+            top_groups: self.top_groups,
+            score: self.group_score,
+        })
     }
 
     /// Expert capacity for a group of `group_tokens` tokens, or `None` when dropless.
@@ -178,9 +223,11 @@ impl MoeConfig {
         };
         let router = d * m * if self.noisy_gating { 2.0 } else { 1.0 };
         let shared_ff = self.d_ff_shared.unwrap_or(self.d_ff) as f64;
+        let shared_gate = if self.shared_expert_gate { d } else { 0.0 };
         router
             + m * mats * d * self.d_ff as f64
             + self.num_shared_experts as f64 * mats * d * shared_ff
+            + shared_gate
     }
 
     /// Bytes a forward call over `tokens` tokens allocates, roughly: input and output, the
@@ -231,6 +278,16 @@ mod tests {
                 "capacity_factor",
             ),
             (base().with_groups(0), "groups"),
+            (base().with_expert_groups(3), "expert_groups"),
+            (
+                base().with_expert_groups(2).with_top_groups(3),
+                "top_groups",
+            ),
+            (
+                base().with_routed_scaling_factor(0.0),
+                "routed_scaling_factor",
+            ),
+            (base().with_shared_expert_gate(true), "shared_expert_gate"),
             (MoeConfig::new(8, 16, 4097), "num_experts"),
             (
                 base().with_top_k(1).with_random_routing(true),

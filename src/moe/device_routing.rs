@@ -7,7 +7,7 @@ use burn::tensor::{Distribution, Tensor, Transaction};
 
 use crate::balance::{BalancerConfig, BipOrder};
 use crate::error::{MoeError, Result};
-use crate::kernels::{self, KernelPath};
+use crate::kernels::{self, GateRule, KernelPath};
 use crate::moe::router::{Routed, check_finite, read_as, read_f32};
 use crate::moe::{MoeConfig, Router, ScoreFunction};
 use crate::routing::{RoutingRule, plan_from_positions};
@@ -60,9 +60,12 @@ impl Router {
             logits.clone().detach(),
             offset,
             draws.clone(),
-            k,
-            config.score_function == ScoreFunction::Sigmoid,
-            false,
+            GateRule {
+                top_k: k,
+                sigmoid: config.score_function == ScoreFunction::Sigmoid,
+                normalize: false,
+                group_limit: config.group_limit(),
+            },
             path,
         )?;
         let hist = kernels::expert_histogram(
@@ -143,6 +146,7 @@ impl Router {
             groups: config.groups,
             capacity_factor: config.capacity_factor,
             random_second,
+            group_limit: config.group_limit(),
         };
         let plan = plan_from_positions(
             m,

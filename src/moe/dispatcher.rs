@@ -66,7 +66,7 @@ impl TokenDispatcher {
     ///
     /// With a capacity the block has `groups * capacity` slots per expert, the same every call
     /// (one shape to compile and tune on a GPU); dropless it has the largest expert load rounded
-    /// up to a coarse bucket (see [`slot_bucket`]), so a GPU compiles and tunes a handful of
+    /// up to a coarse bucket (`slot_bucket`), so a GPU compiles and tunes a handful of
     /// shapes instead of a new one at almost every call.
     pub fn new(plan: &RoutingPlan, groups: usize, layout: ExpertLayout, device: &Device) -> Self {
         let counts: Vec<usize> = plan.expert_assignments.iter().map(Vec::len).collect();

@@ -43,6 +43,16 @@ impl ExpertFfn {
         }
     }
 
+    /// Experts from their weights: `w_in`, `w_gate` `[e, d_model, d_ff]` (no `w_gate` for GELU
+    /// experts), `w_out` `[e, d_ff, d_model]`.
+    pub fn from_weights(w_in: Tensor<3>, w_gate: Option<Tensor<3>>, w_out: Tensor<3>) -> Self {
+        ExpertFfn {
+            w_in: Param::from_tensor(w_in),
+            w_gate: w_gate.map(Param::from_tensor),
+            w_out: Param::from_tensor(w_out),
+        }
+    }
+
     /// Number of experts `e`.
     pub fn experts(&self) -> usize {
         self.w_in.dims()[0]

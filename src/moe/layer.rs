@@ -1,6 +1,8 @@
 //! [`Moe`]: the layer users drop into their models in place of an FFN.
 
 use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::balance::{BalancerConfig, losses};
@@ -18,6 +20,9 @@ pub struct Moe {
     pub experts: ExpertFfn,
     /// Shared experts applied to every token (`None` when `num_shared_experts = 0`).
     pub shared: Option<ExpertFfn>,
+    /// Per-token gate of the shared experts' output, `sigmoid(x w)` (`None` unless
+    /// `shared_expert_gate`).
+    pub shared_gate: Option<Linear>,
     /// Offset balancer state `[experts]`: Loss-Free bias `b` or BIP dual prices `q` (zeros for
     /// the other balancers). Not trained by the optimizer; saved and loaded with the record.
     pub balancer_state: Param<Tensor<1>>,
@@ -42,6 +47,11 @@ impl Moe {
                 device,
             ),
             shared,
+            shared_gate: config.shared_expert_gate.then(|| {
+                LinearConfig::new(config.d_model, 1)
+                    .with_bias(false)
+                    .init(device)
+            }),
             balancer_state: Param::from_tensor(Tensor::zeros([config.num_experts], device))
                 .set_require_grad(false),
             config,
@@ -84,7 +94,11 @@ impl Moe {
         let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
         let mut y = dispatcher.combine(expert_out, routed.gates.clone());
         if let Some(shared) = &self.shared {
-            y = y + shared.forward(x.unsqueeze_dim(0)).squeeze_dim(0);
+            let mut s: Tensor<2> = shared.forward(x.clone().unsqueeze_dim(0)).squeeze_dim(0);
+            if let Some(gate) = &self.shared_gate {
+                s = s * sigmoid(gate.forward(x)).expand([batch * seq, d_model]);
+            }
+            y = y + s;
         }
         Ok(MoeOutput {
             output: y.reshape([batch, seq, d_model]),
@@ -204,7 +218,8 @@ impl Moe {
 
     /// Gate weights `[tokens, k]` of the chosen experts, taken from the device scores so the
     /// router gets gradients; normalised over the chosen experts when configured (always for
-    /// GShard random routing, whose rule is stated on normalised gates).
+    /// GShard random routing, whose rule is stated on normalised gates), then multiplied by
+    /// `routed_scaling_factor`.
     fn gates(
         &self,
         scores: Tensor<2>,
@@ -215,11 +230,13 @@ impl Moe {
         let k = self.config.top_k;
         let index: Vec<i64> = choices.iter().map(|&c| c as i64).collect();
         let index = Tensor::<2, Int>::from_data(TensorData::new(index, [tokens, k]), device);
-        let gates = scores.gather(1, index);
+        let mut gates = scores.gather(1, index);
         if self.config.normalize_gates || self.config.random_routing {
-            gates.clone() / gates.sum_dim(1)
-        } else {
-            gates
+            gates = gates.clone() / gates.sum_dim(1);
         }
+        if self.config.routed_scaling_factor != 1.0 {
+            gates = gates * self.config.routed_scaling_factor;
+        }
+        gates
     }
 }

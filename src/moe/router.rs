@@ -118,6 +118,7 @@ impl Router {
             groups: config.groups,
             capacity_factor: config.capacity_factor,
             random_second,
+            group_limit: config.group_limit(),
         };
         let plan = plan_routing(
             &host_scores,

@@ -1,6 +1,7 @@
 //! [`plan_routing`]: from router scores to the full routing plan of one call.
 
 use super::capacity::admit;
+use super::groups::GroupLimit;
 use super::topk::top_k_indices;
 use crate::error::{MoeError, Result};
 
@@ -15,6 +16,8 @@ pub struct RoutingRule {
     pub capacity_factor: Option<f64>,
     /// Apply GShard's random rule to the 2nd expert (needs draws).
     pub random_second: bool,
+    /// Group-limited routing: choose only inside each token's best expert groups.
+    pub group_limit: Option<GroupLimit>,
 }
 
 impl RoutingRule {
@@ -129,6 +132,9 @@ pub fn plan_routing(
         selection.copy_from_slice(row);
         if let Some(o) = offset {
             selection.iter_mut().zip(o).for_each(|(s, b)| *s += b);
+        }
+        if let Some(limit) = &rule.group_limit {
+            limit.mask_row(&mut selection);
         }
         top_k_indices(&selection, k, &mut top);
         choices.extend(top.iter().map(|&j| j as u32));
@@ -253,6 +259,7 @@ mod tests {
             groups: 1,
             capacity_factor: None,
             random_second: false,
+            group_limit: None,
         }
     }
 
@@ -311,6 +318,7 @@ mod tests {
                 groups,
                 capacity_factor: cf,
                 random_second: random,
+                group_limit: None,
             };
             let plan = plan_routing(&scores, None, tokens, experts, &r, Some(&draws)).unwrap();
             // Queue positions by walking each group in admission order.

@@ -46,6 +46,7 @@ impl EvalReport {
                 capacity_factor: Some(capacity_factor),
                 groups: 1,
                 random_second: false,
+                group_limit: None,
             };
             let capacity = rule.capacity(tokens, loads.len()).unwrap_or(usize::MAX);
             dropped += overflow(loads, capacity);

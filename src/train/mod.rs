@@ -2,6 +2,8 @@
 
 mod eval;
 mod generate;
+#[cfg(feature = "learner")]
+pub mod learner;
 mod manifest;
 mod run_dir;
 mod schedule;

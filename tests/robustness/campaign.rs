@@ -166,6 +166,14 @@ fn bad_inputs_give_clear_errors_and_leave_runs_untouched() {
         ("train moe-every 0", train_new(&["--moe-every", "0"])),
         ("train capacity 0", train_new(&["--capacity-factor", "0"])),
         (
+            "train expert groups not dividing",
+            train_new(&["--expert-groups", "3"]),
+        ),
+        (
+            "train top groups > groups",
+            train_new(&["--expert-groups", "2", "--top-groups", "3"]),
+        ),
+        (
             "train capacity negative",
             train_new(&["--capacity-factor", "-1"]),
         ),

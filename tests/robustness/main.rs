@@ -6,6 +6,7 @@
 mod common;
 
 mod campaign;
+mod cli;
 mod crash;
 mod repeat;
 mod support;

@@ -110,9 +110,9 @@ fn train_generate_and_demo_repeat_themselves() {
         assert!(o.ok(), "{}", o.stderr);
     }
     assert_eq!(train_losses(&a), train_losses(&b));
-    let generate = |dir: &std::path::Path| {
+    let generate = |dir: &std::path::Path, extra: &[&str]| {
         let d = dir.to_str().unwrap();
-        let o = run(&[
+        let mut args = vec![
             "generate",
             "--checkpoint",
             d,
@@ -122,11 +122,17 @@ fn train_generate_and_demo_repeat_themselves() {
             "40",
             "--seed",
             "5",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
         assert!(o.ok(), "{}", o.stderr);
         o.stdout
     };
-    assert_eq!(generate(&a), generate(&b));
+    assert_eq!(generate(&a, &[]), generate(&b, &[]));
+    let json: serde_json::Value = serde_json::from_str(generate(&a, &["--json"]).trim()).unwrap();
+    assert_eq!(json["bytes"], 40);
+    assert_eq!(json["prompt"], "To be");
+    assert!(!json["generated"].as_str().unwrap_or("").is_empty());
     for backend in ["flex", "ndarray"] {
         let demo = || {
             let o = run(&[
@@ -196,7 +202,7 @@ fn study_repeats_itself() {
 /// top-k and a shared expert, balanced by QB, with a capacity; the run records what it trained
 /// and each step's dropped share.
 #[test]
-fn fine_grained_experts_with_a_shared_expert_train() {
+fn fine_grained_group_limited_experts_with_a_shared_expert_train() {
     let dir = temp_dir("fine-grained");
     let o = train_tiny(
         &dir,
@@ -214,6 +220,10 @@ fn fine_grained_experts_with_a_shared_expert_train() {
             "qb-hist:bins=200",
             "--capacity-factor",
             "1.0",
+            "--expert-groups",
+            "4",
+            "--top-groups",
+            "2",
         ],
     );
     assert!(o.ok(), "{}", o.stderr);
@@ -230,6 +240,10 @@ fn fine_grained_experts_with_a_shared_expert_train() {
     );
     assert_eq!(moe["num_shared_experts"].as_u64(), Some(1));
     assert_eq!(moe["capacity_factor"].as_f64(), Some(1.0));
+    assert_eq!(
+        (moe["expert_groups"].as_u64(), moe["top_groups"].as_u64()),
+        (Some(4), Some(2))
+    );
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert_eq!(
         metrics
