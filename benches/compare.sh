@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SHAPES=${SHAPES:-256:16:2:2048:cap,256:16:2:2048:dropless,256:16:2:8192:cap,256:16:2:8192:dropless}
+# The 4 shapes of the pipeline issue, dropless and with capacity 1.25: 8 rows per pass.
+SHAPES=${SHAPES:-256:16:2:8192:dropless,256:16:2:8192:cap,512:64:2:8192:dropless,512:64:2:8192:cap,256:16:2:2048:dropless,256:16:2:2048:cap,512:8:1:8192:dropless,512:8:1:8192:cap}
+PYTHON=${PYTHON:-python3}
 BACKENDS=${BACKENDS:-ndarray,flex}
 THREADS=${THREADS:-$(nproc)}
 OUT=${OUT:-target/compare}
@@ -23,7 +25,7 @@ if [ "${MALLOC:-tuned}" = tuned ]; then
 fi
 mkdir -p "$OUT"
 
-python3 -c "import torch" 2>/dev/null || {
+"$PYTHON" -c "import torch" 2>/dev/null || {
     echo "PyTorch is not installed: pip install torch --index-url https://download.pytorch.org/whl/cpu" >&2
     exit 1
 }
@@ -37,8 +39,8 @@ if [ -n "${REUSE_TORCH:-}" ] && [ -s "$OUT/torch.jsonl" ]; then
     echo "== PyTorch: reusing $OUT/torch.jsonl" >&2
 else
     echo "== PyTorch ($THREADS threads)" >&2
-    python3 benches/pytorch_reference.py --check >&2
-    python3 benches/pytorch_reference.py --threads "$THREADS" --shapes "$SHAPES" >"$OUT/torch.jsonl"
+    "$PYTHON" benches/pytorch_reference.py --check >&2
+    "$PYTHON" benches/pytorch_reference.py --threads "$THREADS" --shapes "$SHAPES" >"$OUT/torch.jsonl"
 fi
 
 python3 - "$SHAPES" "$BACKENDS" "$OUT/torch.jsonl" <<'EOF'
@@ -56,16 +58,16 @@ def burn(pas, backend, shape):
     if not f.exists():
         return None
     return json.loads(f.read_text())["median"]["point_estimate"] / 1e9
-head = f"{'pass':<7} {'shape':<28} {'torch hf-loop':>13} {'torch grouped':>13}"
+head = f"{'pass':<7} {'shape':<28} {'param-loop':>11} {'grouped-mm':>11}"
 for b in backends:
     head += f" {b:>10} {'ratio':>6}"
 print(head + "    (tokens/s; ratio = burn-moe / best PyTorch)")
 for pas in ("fwd", "fwdbwd"):
     for s in shapes:
         shape, tokens = sid(s)
-        loop, grouped = torch.get((shape, pas, "hf-loop")), torch.get((shape, pas, "grouped"))
+        loop, grouped = torch.get((shape, pas, "param-loop")), torch.get((shape, pas, "grouped-mm"))
         best = max(v for v in (loop, grouped) if v)
-        row = f"{pas:<7} {shape:<28} {loop or 0:>13.0f} {grouped or 0:>13.0f}"
+        row = f"{pas:<7} {shape:<28} {loop or 0:>11.0f} {grouped or 0:>11.0f}"
         for b in backends:
             t = burn(pas, b, shape)
             row += f" {tokens / t:>10.0f} {tokens / t / best:>5.2f}x" if t else f" {'-':>10} {'-':>6}"

@@ -7,10 +7,15 @@ sum over the token's admitted experts of gate * expert(x). Capacity mode (`cap`)
 ceil(1.25 * k * tokens / m) assignments per expert, admitted rank by rank and in token order
 within a rank (GShard's order, as burn-moe does); `dropless` keeps them all.
 
-  hf-loop : a loop over experts as in Hugging Face's Mixtral sparse MoE block
-            (one_hot -> where -> index_select -> expert -> index_add_).
-  grouped : sort the assignments by expert, gather once, run each expert on its contiguous
-            slice, scatter-add back (the sort-and-gather form of MegaBlocks-style code).
+  param-loop    : one Parameter per expert and matrix (Hugging Face Mixtral's ModuleList
+                  experts) and its loop over the experts that got tokens
+                  (one_hot -> where -> gather -> expert -> index_add_).
+  grouped-mm    : stacked weights, assignments sorted by expert, torch.nn.functional.grouped_mm
+                  over the per-expert offsets for the up/gate and down projections (what
+                  transformers' `grouped_mm` experts implementation calls).
+  stacked-index : the loop of param-loop over ONE stacked Parameter indexed per expert (`w[e]`),
+                  whose backward builds a full-size zero gradient per expert: slow in the backward
+                  pass, kept only to compare with earlier tables (not a form to compare against).
 
 Usage:
   python3 benches/pytorch_reference.py --threads 2 --shapes 256:16:2:8192:cap,256:16:2:8192:dropless
@@ -47,9 +52,21 @@ class MoeLayer(torch.nn.Module):
         self.w_in = torch.nn.Parameter(torch.empty(experts, d_model, d_ff).uniform_(-bound_in, bound_in))
         self.w_gate = torch.nn.Parameter(torch.empty(experts, d_model, d_ff).uniform_(-bound_in, bound_in))
         self.w_out = torch.nn.Parameter(torch.empty(experts, d_ff, d_model).uniform_(-bound_out, bound_out))
+        # The same weights as one Parameter per expert and matrix (param-loop's form).
+        per_expert = lambda w: torch.nn.ParameterList(torch.nn.Parameter(w[e].detach().clone()) for e in range(experts))
+        self.p_in, self.p_gate, self.p_out = per_expert(self.w_in), per_expert(self.w_gate), per_expert(self.w_out)
 
     def expert(self, e, x):
         return (F.silu(x @ self.w_gate[e]) * (x @ self.w_in[e])) @ self.w_out[e]
+
+    def expert_param(self, e, x):
+        return (F.silu(x @ self.p_gate[e]) * (x @ self.p_in[e])) @ self.p_out[e]
+
+    def grad_probe(self, form):
+        """The down-projection gradient the timed step reads, in the form's own parameters."""
+        if form == "param-loop":
+            return self.p_out[0].grad
+        return self.w_out.grad
 
     def route(self, x):
         """Scores, top-k (gates, experts) and the admitted mask [tokens, k]."""
@@ -66,7 +83,13 @@ class MoeLayer(torch.nn.Module):
         admitted = (position < capacity).reshape(self.k, n).t()
         return gates, chosen, admitted
 
-    def forward_hf_loop(self, x):
+    def forward_param_loop(self, x):
+        return self.loop(x, self.expert_param)
+
+    def forward_stacked_index(self, x):
+        return self.loop(x, self.expert)
+
+    def loop(self, x, expert):
         gates, chosen, admitted = self.route(x)
         gates = gates * admitted
         out = torch.zeros_like(x)
@@ -76,11 +99,11 @@ class MoeLayer(torch.nn.Module):
             rank, token = torch.where(mask[e])
             if token.numel() == 0:
                 continue
-            y = self.expert(e, x[token]) * gates[token, rank, None]
+            y = expert(e, x[token]) * gates[token, rank, None]
             out.index_add_(0, token, y)
         return out
 
-    def forward_grouped(self, x):
+    def forward_grouped_mm(self, x):
         gates, chosen, admitted = self.route(x)
         flat_expert = chosen.reshape(-1)
         keep = admitted.reshape(-1).nonzero().squeeze(1)
@@ -88,15 +111,10 @@ class MoeLayer(torch.nn.Module):
         order = torch.argsort(expert_of, stable=True)
         assignment = keep[order]
         token = assignment // self.k
-        counts = torch.bincount(expert_of, minlength=self.m).tolist()
+        offs = torch.cumsum(torch.bincount(expert_of, minlength=self.m), 0).to(torch.int32)
         xs = x[token]
-        ys = []
-        start = 0
-        for e, c in enumerate(counts):
-            if c:
-                ys.append(self.expert(e, xs[start:start + c]))
-            start += c
-        y = torch.cat(ys) * gates.reshape(-1)[assignment, None]
+        h = F.silu(F.grouped_mm(xs, self.w_gate, offs=offs)) * F.grouped_mm(xs, self.w_in, offs=offs)
+        y = F.grouped_mm(h, self.w_out, offs=offs) * gates.reshape(-1)[assignment, None]
         return torch.zeros_like(x).index_add_(0, token, y)
 
 
@@ -149,11 +167,23 @@ def check():
         x = torch.randn(n, d)
         with torch.no_grad():
             want = plain_loop(layer, x)
-            for name in ("hf_loop", "grouped"):
+            for name in ("param_loop", "grouped_mm", "stacked_index"):
                 got = getattr(layer, f"forward_{name}")(x)
                 err = (got - want).abs().max().item()
                 assert err < 1e-5, f"{name} differs from the plain loop by {err} ({d},{m},{k},{n},{cf})"
-    print("check: hf-loop and grouped agree with the plain loop")
+        # The gradients of the two timed forms agree too (input and down projection).
+        grads = {}
+        for form in ("param_loop", "grouped_mm"):
+            layer.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_(True)
+            (getattr(layer, f"forward_{form}")(xg) * torch.ones_like(x)).sum().backward()
+            w = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in layer.p_out]) \
+                if form == "param_loop" else layer.w_out.grad
+            grads[form] = (xg.grad, w)
+        for a, b in zip(grads["param_loop"], grads["grouped_mm"]):
+            err = (a - b).abs().max().item()
+            assert err < 1e-5, f"param-loop and grouped-mm gradients differ by {err}"
+    print("check: param-loop, grouped-mm and stacked-index agree with the plain loop, and the two timed forms' gradients agree")
 
 
 def main():
@@ -161,7 +191,7 @@ def main():
     p.add_argument("--shapes", default="256:16:2:2048:cap,256:16:2:2048:dropless,256:16:2:8192:cap,256:16:2:8192:dropless")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
     p.add_argument("--passes", default="fwd,fwdbwd")
-    p.add_argument("--forms", default="hf-loop,grouped")
+    p.add_argument("--forms", default="param-loop,grouped-mm")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--check", action="store_true")
@@ -185,11 +215,14 @@ def main():
                             return fwd(x).sum().item()
                 else:
                     xg = x.clone().requires_grad_(True)
+                    upstream = torch.ones_like(x)
 
                     def step():
                         layer.zero_grad(set_to_none=True)
-                        fwd(xg).sum().backward()
-                        return layer.w_out.grad.sum().item()
+                        # grouped_mm's CPU backward needs a dense upstream gradient, which
+                        # sum() does not give: weight the output by a constant tensor instead.
+                        (fwd(xg) * upstream).sum().backward()
+                        return layer.grad_probe(form).sum().item()
                 seconds = time_it(step, args.warmup, args.reps)
                 print(json.dumps({
                     "shape": f"d{d}-e{m}-k{k}-t{n}-{mode}", "pass": pas, "form": form,
