@@ -8,6 +8,7 @@ use crate::checkpoint::FileDigest;
 use crate::data::TextData;
 use crate::error::{MoeError, Result};
 use crate::model::MoeLmConfig;
+use crate::moe::MoeConfig;
 use crate::train::TrainConfig;
 use crate::train::run_dir::io_err;
 
@@ -53,6 +54,26 @@ impl RunManifest {
         Ok(())
     }
 
+    /// Gives the layer-config fields a `run.json` written before they existed (group-limited
+    /// routing, routed scaling, the shared-expert gate, ...) their defaults, so older runs still
+    /// evaluate and resume; fields present are left as they are.
+    pub fn fill_new_defaults(json: &mut serde_json::Value) {
+        let Some(moe) = json
+            .get_mut("model")
+            .and_then(|m| m.get_mut("moe"))
+            .and_then(|m| m.as_object_mut())
+        else {
+            return; // not a manifest: parsing reports it
+        };
+        if let Ok(serde_json::Value::Object(defaults)) =
+            serde_json::to_value(MoeConfig::new(1, 1, 1))
+        {
+            for (key, value) in defaults {
+                moe.entry(key).or_insert(value);
+            }
+        }
+    }
+
     /// Checks the model and training settings (a hand-edited `run.json` may hold anything).
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
@@ -80,5 +101,40 @@ impl RunManifest {
         let data = TextData::from_file_or_default(self.data.as_deref(), self.train.seed)?;
         data.check_seq_len(self.train.seq_len)?;
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    #[test]
+    fn a_manifest_from_before_the_group_fields_loads_with_their_defaults() {
+        let mut model = Preset::Tiny.config(64);
+        model.moe.top_k = 3;
+        let manifest = RunManifest::new(model, TrainConfig::new(), None).unwrap();
+        let mut json = serde_json::to_value(&manifest).unwrap();
+        let moe = json["model"]["moe"].as_object_mut().unwrap();
+        for key in [
+            "routed_scaling_factor",
+            "expert_groups",
+            "top_groups",
+            "group_score",
+            "shared_expert_gate",
+        ] {
+            assert!(moe.remove(key).is_some(), "{key}");
+        }
+        assert!(serde_json::from_value::<RunManifest>(json.clone()).is_err());
+        RunManifest::fill_new_defaults(&mut json);
+        let back: RunManifest = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&manifest).unwrap()
+        );
+        // Not a manifest: left for the parser to reject.
+        let mut other = serde_json::json!({ "model": 3 });
+        RunManifest::fill_new_defaults(&mut other);
+        assert_eq!(other, serde_json::json!({ "model": 3 }));
     }
 }

@@ -197,8 +197,11 @@ impl RunDir {
     pub fn manifest(&self) -> Result<RunManifest> {
         let path = self.root.join("run.json");
         let text = std::fs::read_to_string(&path).map_err(|e| io_err("reading", &path, e))?;
-        let manifest: RunManifest =
+        let mut json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| io_err("parsing", &path, e))?;
+        RunManifest::fill_new_defaults(&mut json);
+        let manifest: RunManifest =
+            serde_json::from_value(json).map_err(|e| io_err("parsing", &path, e))?;
         manifest
             .validate()
             .map_err(|e| io_err("invalid settings in", &path, e))?;

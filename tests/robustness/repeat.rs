@@ -132,6 +132,39 @@ fn train_generate_and_demo_repeat_themselves() {
     let json: serde_json::Value = serde_json::from_str(generate(&a, &["--json"]).trim()).unwrap();
     assert_eq!(json["bytes"], 40);
     assert_eq!(json["prompt"], "To be");
+
+    // A run written before the layer had its group-limit, scaling and shared-gate fields:
+    // it evaluates as it did and resumes.
+    let old = root.join("old");
+    copy_dir(&a, &old);
+    let manifest = old.join("run.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    for key in [
+        "routed_scaling_factor",
+        "expert_groups",
+        "top_groups",
+        "group_score",
+        "shared_expert_gate",
+    ] {
+        v["model"]["moe"].as_object_mut().unwrap().remove(key);
+    }
+    std::fs::write(&manifest, serde_json::to_string(&v).unwrap()).unwrap();
+    let eval = |dir: &std::path::Path| {
+        let o = run(&["eval", "--checkpoint", dir.to_str().unwrap(), "--json"]);
+        assert!(o.ok(), "{}", o.stderr);
+        o.stdout
+    };
+    assert_eq!(eval(&a), eval(&old));
+    let resumed = run(&[
+        "train",
+        "--resume",
+        old.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--json",
+    ]);
+    assert!(resumed.ok(), "{}", resumed.stderr);
     assert!(!json["generated"].as_str().unwrap_or("").is_empty());
     for backend in ["flex", "ndarray"] {
         let demo = || {
