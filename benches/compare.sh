@@ -72,4 +72,21 @@ for pas in ("fwd", "fwdbwd"):
             t = burn(pas, b, shape)
             row += f" {tokens / t:>10.0f} {tokens / t / best:>5.2f}x" if t else f" {'-':>10} {'-':>6}"
         print(row)
+# The experts' FLOP rate inside the layer (fwd; the whole layer's time counted as expert time,
+# so a lower bound) against two dense matmuls with the same FLOPs on the same backend.
+print()
+print(f"{'shape':<28}" + "".join(f" {b + ' layer':>14} {b + ' dense':>14} {'share':>6}" for b in backends)
+      + "    (GFLOP/s of the experts' 6 d d_ff per assignment, fwd)")
+for s in shapes:
+    shape, tokens = sid(s)
+    d, k = int(s.split(":")[0]), int(s.split(":")[2])
+    flops = tokens * k * 6 * d * (2 * d)
+    row = f"{shape:<28}"
+    for b in backends:
+        layer, dense = burn("fwd", b, shape), burn("matmul", b, shape)
+        if layer and dense:
+            row += f" {flops / layer / 1e9:>14.1f} {flops / dense / 1e9:>14.1f} {dense / layer:>5.0%}"
+        else:
+            row += f" {'-':>14} {'-':>14} {'-':>6}"
+    print(row)
 EOF

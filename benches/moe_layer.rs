@@ -15,6 +15,10 @@
 //!
 //! Each iteration ends by reading a scalar back to the host (the output's sum, or the sum of the
 //! expert weights' gradient), so lazy backends finish their work inside the timed region.
+//!
+//! `matmul/<backend>` times, per shape, two dense matmuls with the experts' FLOPs of one forward
+//! pass (`[tokens * k, d] @ [d, 2 d_ff]` and `[tokens * k, d_ff] @ [d_ff, d]`, `6 d d_ff` per
+//! assignment): the FLOP rate a grouped expert op could reach on that backend.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -170,9 +174,43 @@ fn forward_backward(moe: &Moe, x: &Tensor<3>) -> f32 {
         .into_scalar::<f32>()
 }
 
+/// The experts' forward FLOPs of `shape` as two dense matmuls.
+fn dense_equivalent(a: &Tensor<2>, w_up: &Tensor<2>, h: &Tensor<2>, w_down: &Tensor<2>) -> f32 {
+    let up = a.clone().matmul(w_up.clone());
+    let down = h.clone().matmul(w_down.clone());
+    up.sum().into_scalar::<f32>() + down.sum().into_scalar::<f32>()
+}
+
+fn bench_matmul(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
+    let mut group = c.benchmark_group(format!("matmul/{backend}"));
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for shape in shapes {
+        let (rows, d, f) = (shape.tokens * shape.top_k, shape.d_model, 2 * shape.d_model);
+        group.throughput(Throughput::Elements(shape.tokens as u64));
+        let mut built: Option<[Tensor<2>; 4]> = None;
+        group.bench_function(BenchmarkId::from_parameter(shape.id()), |b| {
+            let [a, w_up, h, w_down] = built.get_or_insert_with(|| {
+                let device = backend.device(false).expect("device");
+                let t = |r: usize, c: usize| {
+                    let v: Vec<f32> = bench_input(r, c).iter().map(|x| x * 0.05).collect();
+                    Tensor::<2>::from_data(TensorData::new(v, [r, c]), &device)
+                };
+                [t(rows, d), t(d, 2 * f), t(rows, f), t(f, d)]
+            });
+            b.iter(|| black_box(dense_equivalent(a, w_up, h, w_down)));
+        });
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let shapes = shapes();
     for backend in backends() {
+        bench_matmul(c, backend, &shapes);
         for (pass, autodiff) in [("fwd", false), ("fwdbwd", true)] {
             let mut group = c.benchmark_group(format!("{pass}/{backend}"));
             group
