@@ -122,6 +122,7 @@ impl Router {
         for t in draws.iter().chain(new_state.iter()) {
             transaction = transaction.register(t.clone());
         }
+        crate::moe::count_read();
         let mut data = transaction
             .try_execute()
             .map_err(|e| MoeError::Backend(format!("routing read-back failed: {e:?}")))?
@@ -135,6 +136,7 @@ impl Router {
 
         if indices.iter().any(|&i| i < 0) {
             // A token had a non-finite logit: read the logits for the exact report.
+            crate::moe::count_read();
             let host = read_f32(Some(logits.into_data()))?;
             check_finite(&host, m)?;
             return Err(MoeError::Backend(

@@ -184,6 +184,7 @@ impl Moe {
 
     /// The balancer state `[experts]` on the host.
     pub fn balancer_state_values(&self) -> Result<Vec<f32>> {
+        crate::moe::count_read();
         self.balancer_state
             .val()
             .into_data()

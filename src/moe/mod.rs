@@ -7,6 +7,7 @@ mod dispatcher;
 mod experts;
 mod layer;
 mod output;
+mod readback;
 mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
@@ -14,4 +15,6 @@ pub use dispatcher::{ExpertLayout, TokenDispatcher};
 pub use experts::ExpertFfn;
 pub use layer::Moe;
 pub use output::MoeOutput;
+pub(crate) use readback::count_read;
+pub use readback::host_reads;
 pub use router::Router;

@@ -91,6 +91,7 @@ impl Router {
         for t in draws_tensor.iter().chain(state.iter()) {
             transaction = transaction.register(t.clone());
         }
+        crate::moe::count_read();
         let mut data = transaction
             .try_execute()
             .map_err(|e| MoeError::Backend(format!("router read-back failed: {e:?}")))?
