@@ -83,9 +83,14 @@ impl fmt::Display for AdapterSummary {
     }
 }
 
-/// Asks wgpu for the default adapter. Errors, naming the fix, when there is none.
+/// Asks wgpu for the default adapter of a graphics API the routing kernels are tested on
+/// (Vulkan, Metal, DX12, WebGPU). Errors, naming the fix, when there is none: OpenGL adapters are
+/// not used (on GL the BIP and quantile price kernels gave other prices than on Vulkan).
 pub fn probe_wgpu_adapter() -> Result<AdapterSummary> {
-    let instance = wgpu::Instance::default();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         force_fallback_adapter: false,
@@ -93,7 +98,8 @@ pub fn probe_wgpu_adapter() -> Result<AdapterSummary> {
     }))
     .map_err(|e| {
         MoeError::Backend(format!(
-            "no GPU adapter found for wgpu ({e}). Install a Vulkan, Metal or DX12 driver \
+            "no Vulkan, Metal, DX12 or WebGPU adapter found for wgpu ({e}; OpenGL adapters are \
+             not used). Install a Vulkan, Metal or DX12 driver \
              (on Debian/Ubuntu without a GPU: `apt-get install mesa-vulkan-drivers libvulkan1` \
              for the lavapipe software driver), or pick a CPU backend with `--backend flex` or \
              `--backend ndarray`"

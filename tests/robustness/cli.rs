@@ -57,3 +57,22 @@ fn json_gives_one_parsable_line() {
     assert_eq!(demo["requested"].as_array().map(Vec::len), Some(8));
     assert_eq!(demo["backend"], "flex");
 }
+
+#[test]
+#[cfg(target_os = "linux")] // the Vulkan loader's variables; elsewhere Metal or DX12 answer
+fn without_a_vulkan_driver_wgpu_is_refused_with_the_fix_not_run_on_opengl() {
+    // Hide every Vulkan driver: wgpu would fall back to an OpenGL adapter (llvmpipe), where the
+    // routing kernels are not tested; the CLI must refuse it and name the fix instead.
+    let o = command(&["demo", "--backend", "wgpu", "--tokens", "64"])
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("run burn-moe");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OpenGL adapters are not used") && stderr.contains("mesa-vulkan-drivers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
