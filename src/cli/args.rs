@@ -15,28 +15,15 @@ pub struct BackendFlag {
         long = "backend",
         value_name = "BACKEND",
         default_value = "flex",
-        value_parser = PossibleValuesParser::new(["flex", "ndarray", "wgpu"]).map(|s| backend(&s))
+        value_parser = PossibleValuesParser::new(["flex", "ndarray", "wgpu"])
+            .try_map(|s| s.parse::<BackendKind>())
     )]
     pub kind: BackendKind,
 }
 
-fn backend(name: &str) -> BackendKind {
-    match name {
-        "wgpu" => BackendKind::Wgpu,
-        "ndarray" => BackendKind::Ndarray,
-        _ => BackendKind::Flex,
-    }
-}
-
 /// Parser of `--preset`: its values in `--help`, suggestions for typos.
 pub fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    PossibleValuesParser::new(["tiny", "small"]).map(|s| {
-        if s == "small" {
-            Preset::Small
-        } else {
-            Preset::Tiny
-        }
-    })
+    PossibleValuesParser::new(["tiny", "small"]).try_map(|s| s.parse::<Preset>())
 }
 
 /// Parser of `--balancer`: a name of [`BalancerConfig::NAMES`] with optional parameters

@@ -106,7 +106,7 @@ impl TextData {
         let starts: Vec<usize> = (0..batch)
             .map(|_| rng.random_range(0..=last_start))
             .collect();
-        windows(&self.train, &starts, seq_len, device)
+        Batch::from_windows(starts.iter().map(|&s| &self.train[s..=s + seq_len]), device)
     }
 
     /// Consecutive validation batches covering the validation split from its start (at most
@@ -128,23 +128,28 @@ impl TextData {
                     .min((self.val.len() - 1 - b * per_batch) / seq_len)
                     .max(1);
                 let starts: Vec<usize> = (0..rows).map(|r| b * per_batch + r * seq_len).collect();
-                windows(&self.val, &starts, seq_len, device)
+                Batch::from_windows(starts.iter().map(|&s| &self.val[s..=s + seq_len]), device)
             })
             .collect()
     }
 }
 
-fn windows(bytes: &[u8], starts: &[usize], seq_len: usize, device: &Device) -> Batch {
-    let mut inputs = Vec::with_capacity(starts.len() * seq_len);
-    let mut targets = Vec::with_capacity(starts.len() * seq_len);
-    for &s in starts {
-        inputs.extend(bytes[s..s + seq_len].iter().map(|&b| b as i64));
-        targets.extend(bytes[s + 1..s + seq_len + 1].iter().map(|&b| b as i64));
-    }
-    let shape = [starts.len(), seq_len];
-    Batch {
-        inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
-        targets: Tensor::from_data(TensorData::new(targets, shape), device),
+impl Batch {
+    /// Inputs and next-byte targets from windows of `seq_len + 1` bytes each (all of one
+    /// length): row `r` is window `r` without its last byte, its targets without its first.
+    pub fn from_windows<'a>(windows: impl Iterator<Item = &'a [u8]>, device: &Device) -> Self {
+        let (mut inputs, mut targets, mut rows, mut seq_len) = (Vec::new(), Vec::new(), 0, 0);
+        for w in windows {
+            seq_len = w.len() - 1;
+            inputs.extend(w[..seq_len].iter().map(|&b| b as i64));
+            targets.extend(w[1..].iter().map(|&b| b as i64));
+            rows += 1;
+        }
+        let shape = [rows, seq_len];
+        Batch {
+            inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
+            targets: Tensor::from_data(TensorData::new(targets, shape), device),
+        }
     }
 }
 

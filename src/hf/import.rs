@@ -148,6 +148,11 @@ pub fn load_moe_from(
     let mut moe = config.init(device)?;
     let (d, f, m) = (config.d_model, config.d_ff, config.num_experts);
     let name = |rest: &str| format!("{prefix}{rest}");
+    // A PyTorch `Linear` weight `[out, in]` as one expert's `[1, in, out]`.
+    let linear = |rest: &str, dims: [usize; 2], what: &str| -> Result<Tensor<3>> {
+        let t: Tensor<2> = file.get(&name(rest), dims, what, device)?;
+        Ok(t.transpose().unsqueeze_dim(0))
+    };
 
     let router: Tensor<2> = file.get(&name("gate.weight"), [m, d], "experts, d_model", device)?;
     moe.router.gate.weight = Param::from_tensor(router.transpose());
@@ -171,15 +176,7 @@ pub fn load_moe_from(
         let names = family.expert_names();
         let per_expert = |proj: &str, dims: [usize; 2], what: &str| -> Result<Tensor<3>> {
             let mats = (0..m)
-                .map(|e| {
-                    let t: Tensor<2> = file.get(
-                        &name(&format!("experts.{e}.{proj}.weight")),
-                        dims,
-                        what,
-                        device,
-                    )?;
-                    Ok(t.transpose().unsqueeze_dim::<3>(0))
-                })
+                .map(|e| linear(&format!("experts.{e}.{proj}.weight"), dims, what))
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(mats, 0))
         };
@@ -192,14 +189,8 @@ pub fn load_moe_from(
 
     if let Some(module) = family.shared_module() {
         let fs = config.num_shared_experts * config.d_ff_shared.unwrap_or(config.d_ff);
-        let mat = |proj: &str, dims: [usize; 2], what: &str| -> Result<Tensor<3>> {
-            let t: Tensor<2> = file.get(
-                &name(&format!("{module}.{proj}.weight")),
-                dims,
-                what,
-                device,
-            )?;
-            Ok(t.transpose().unsqueeze_dim(0))
+        let mat = |proj: &str, dims: [usize; 2], what: &str| {
+            linear(&format!("{module}.{proj}.weight"), dims, what)
         };
         moe.shared = Some(ExpertFfn::from_weights(
             mat("up_proj", [fs, d], "shared d_ff, d_model")?,

@@ -42,6 +42,17 @@ pub struct LmOutput {
     pub moe: Vec<MoeOutput>,
 }
 
+impl LmOutput {
+    /// The balancing losses of every MoE layer, summed (to add to the training loss); `None`
+    /// when no layer has one.
+    pub fn balance_loss(&self) -> Option<Tensor<1>> {
+        self.moe
+            .iter()
+            .filter_map(|m| m.balance_loss.clone())
+            .reduce(|a, b| a + b)
+    }
+}
+
 impl MoeLm {
     pub(crate) fn new(config: &MoeLmConfig, device: &Device) -> Result<Self> {
         let d = config.d_model();

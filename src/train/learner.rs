@@ -18,7 +18,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
-use burn::tensor::{Device, ExecutionError, Int, Tensor, TensorData};
+use burn::tensor::{Device, ExecutionError, Tensor, TensorData};
 use burn_train::metric::state::{FormatOptions, NumericMetricState};
 use burn_train::metric::{
     Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric,
@@ -78,32 +78,17 @@ pub struct LmBatcher;
 
 impl Batcher<Vec<u8>, Batch> for LmBatcher {
     fn batch(&self, items: Vec<Vec<u8>>, device: &Device) -> Batch {
-        let (rows, seq) = (items.len(), items.first().map_or(0, |w| w.len() - 1));
-        let column = |skip: usize| -> Tensor<2, Int> {
-            let ids: Vec<i64> = items
-                .iter()
-                .flat_map(|w| w[skip..skip + seq].iter().map(|&b| b as i64))
-                .collect();
-            Tensor::from_data(TensorData::new(ids, [rows, seq]), device)
-        };
-        Batch {
-            inputs: column(0),
-            targets: column(1),
-        }
+        Batch::from_windows(items.iter().map(Vec::as_slice), device)
     }
 }
 
-/// What a step gives burn-train: the language-model loss and the batch's MoE balance.
+/// What a step gives burn-train: the language-model loss and the batch's MoE numbers.
 #[derive(Debug)]
 pub struct MoeStepOutput {
     /// Mean next-token cross-entropy `[1]` (without the balancing loss).
     pub loss: Tensor<1>,
-    /// Balance of the batch, averaged over the MoE layers (dead experts: summed).
-    pub balance: BalanceMetrics,
-    /// The balancing loss added to the training loss, summed over the layers (0 when none).
-    pub balance_loss: f64,
-    /// Tokens in the batch.
-    pub tokens: usize,
+    /// The batch's MoE numbers, the input of every [`MoeMetric`].
+    pub moe: MoeMetricInput,
 }
 
 impl ItemLazy for MoeStepOutput {
@@ -119,20 +104,19 @@ impl Adaptor<LossInput> for MoeStepOutput {
 }
 
 /// The input of [`MoeMetric`]: one batch's MoE numbers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct MoeMetricInput {
-    balance: BalanceMetrics,
-    balance_loss: f64,
-    tokens: usize,
+    /// Balance of the batch, averaged over the MoE layers (dead experts: summed).
+    pub balance: BalanceMetrics,
+    /// The balancing loss added to the training loss, summed over the layers (0 when none).
+    pub balance_loss: f64,
+    /// Tokens in the batch.
+    pub tokens: usize,
 }
 
 impl Adaptor<MoeMetricInput> for MoeStepOutput {
     fn adapt(&self) -> MoeMetricInput {
-        MoeMetricInput {
-            balance: self.balance,
-            balance_loss: self.balance_loss,
-            tokens: self.tokens,
-        }
+        self.moe
     }
 }
 
@@ -244,19 +228,20 @@ impl MoeLm {
         let out = self
             .forward(batch.inputs)
             .unwrap_or_else(|e| panic!("MoE language model forward failed: {e}"));
+        let balance = out.balance_loss();
         let ce = MoeLm::cross_entropy(out.logits, batch.targets);
-        let mut loss = ce.clone();
-        let mut balance_loss = 0.0;
-        for l in out.moe.iter().filter_map(|m| m.balance_loss.clone()) {
-            balance_loss += l.clone().into_scalar::<f32>() as f64;
-            loss = loss + l;
-        }
+        let (loss, balance_loss) = match balance {
+            Some(b) => (ce.clone() + b.clone(), b.into_scalar::<f32>() as f64),
+            None => (ce.clone(), 0.0),
+        };
         let layers: Vec<BalanceMetrics> = out.moe.iter().map(BalanceMetrics::from_output).collect();
         let item = MoeStepOutput {
             loss: ce,
-            balance: BalanceMetrics::mean_over_layers(&layers),
-            balance_loss,
-            tokens,
+            moe: MoeMetricInput {
+                balance: BalanceMetrics::mean_over_layers(&layers),
+                balance_loss,
+                tokens,
+            },
         };
         (loss, item, out.moe)
     }
@@ -351,6 +336,7 @@ mod tests {
     use crate::model::Preset;
     use burn::data::dataloader::batcher::Batcher;
     use burn::optim::AdamWConfig;
+    use burn::tensor::Int;
 
     fn batch(device: &Device) -> Batch {
         let text: Vec<u8> = (0..2000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
@@ -380,8 +366,8 @@ mod tests {
         config.moe.balancer = "loss-free".parse().unwrap();
         let model = config.init(&device).unwrap();
         let out = TrainStep::step(&model, batch(&device));
-        assert_eq!(out.item.tokens, 64);
-        assert!(out.item.balance.max_vio >= 0.0);
+        assert_eq!(out.item.moe.tokens, 64);
+        assert!(out.item.moe.balance.max_vio >= 0.0);
         let before: Vec<Vec<f32>> = model
             .moe_layers()
             .map(|m| m.balancer_state_values().unwrap())

@@ -236,13 +236,12 @@ pub fn train(
             &device,
         );
         let out = model.forward(batch.inputs)?;
+        let balance = out.balance_loss();
         let ce = MoeLm::cross_entropy(out.logits, batch.targets);
-        let mut loss = ce.clone();
-        for m in &out.moe {
-            if let Some(l) = &m.balance_loss {
-                loss = loss + l.clone();
-            }
-        }
+        let loss = match balance {
+            Some(b) => ce.clone() + b,
+            None => ce.clone(),
+        };
         let ce_value = ce.into_scalar::<f32>() as f64;
         if !ce_value.is_finite() {
             return Err(MoeError::Input(format!(
