@@ -21,7 +21,7 @@ OUT=${OUT:-target/compare}
 # (src/main.rs). MALLOC=tuned (default) applies the same setting to both sides, MALLOC=default
 # leaves glibc as it is, also for both sides.
 if [ "${MALLOC:-tuned}" = tuned ]; then
-    export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+    export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824
 fi
 mkdir -p "$OUT"
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_moe::balance::BalancerConfig;
 use burn_moe::device::probe_wgpu_adapter;
-use burn_moe::moe::{ExpertLayout, TokenDispatcher};
+use burn_moe::moe::TokenDispatcher;
 use burn_moe::{BackendKind, MoeConfig};
 
 mod common;
@@ -72,9 +72,6 @@ fn main() {
         "\ninference forward, ms per stage (share of the sum)\n{:<16} {:>15} {:>15} {:>15} {:>15} {:>10} {:>10}",
         "backend", "route", "dispatch", "experts", "combine", "sum", "forward"
     );
-    println!(
-        "(forward: the layer as built, with its layout for the device; the stages: each layout)"
-    );
     let chosen: Vec<BackendKind> = BackendKind::ALL
         .into_iter()
         .filter(|b| backends.split(',').any(|w| w == b.to_string()))
@@ -106,50 +103,42 @@ fn main() {
             },
             reps,
         );
-        for layout in [ExpertLayout::Padded, ExpertLayout::Packed] {
-            let dispatcher = TokenDispatcher::new(&routed.routing, 1, layout, &device);
-            let blocks = dispatcher.dispatch(flat.clone());
-            let expert_out = dispatcher.run_experts(&moe.experts, blocks.clone());
-            let dispatch = median_ms(
-                || {
-                    let d = TokenDispatcher::new(&routed.routing, 1, layout, &device);
-                    black_box(scalar(d.dispatch(flat.clone())));
-                },
-                reps,
-            );
-            let experts_ms = median_ms(
-                || {
-                    black_box(scalar(dispatcher.run_experts(&moe.experts, blocks.clone())));
-                },
-                reps,
-            );
-            let combine = median_ms(
-                || {
-                    black_box(scalar(
-                        dispatcher.combine(expert_out.clone(), routed.gates.clone()),
-                    ));
-                },
-                reps,
-            );
-            let sum = route + dispatch + experts_ms + combine;
-            let cell = |ms: f64| format!("{ms:8.1} ({:4.1}%)", 100.0 * ms / sum);
-            let as_built =
-                layout == ExpertLayout::choose(&device, tokens * top_k, experts, d_model);
-            println!(
-                "{:<16} {:>15} {:>15} {:>15} {:>15} {:>10.1} {:>10}",
-                format!("{backend} {layout:?}"),
-                cell(route),
-                cell(dispatch),
-                cell(experts_ms),
-                cell(combine),
-                sum,
-                if as_built {
-                    format!("{forward:.1}")
-                } else {
-                    "-".into()
-                }
-            );
-        }
+        let dispatcher = TokenDispatcher::new(&routed.routing, 1, &device);
+        let sorted = dispatcher.dispatch(flat.clone());
+        let expert_out = dispatcher.run_experts(&moe.experts, sorted.clone());
+        let dispatch = median_ms(
+            || {
+                let d = TokenDispatcher::new(&routed.routing, 1, &device);
+                black_box(scalar(d.dispatch(flat.clone())));
+            },
+            reps,
+        );
+        let experts_ms = median_ms(
+            || {
+                black_box(scalar(dispatcher.run_experts(&moe.experts, sorted.clone())));
+            },
+            reps,
+        );
+        let combine = median_ms(
+            || {
+                black_box(scalar(
+                    dispatcher.combine(expert_out.clone(), routed.gates.clone()),
+                ));
+            },
+            reps,
+        );
+        let sum = route + dispatch + experts_ms + combine;
+        let cell = |ms: f64| format!("{ms:8.1} ({:4.1}%)", 100.0 * ms / sum);
+        println!(
+            "{:<16} {:>15} {:>15} {:>15} {:>15} {:>10.1} {:>10.1}",
+            backend.to_string(),
+            cell(route),
+            cell(dispatch),
+            cell(experts_ms),
+            cell(combine),
+            sum,
+            forward
+        );
     }
 
     println!(

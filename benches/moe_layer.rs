@@ -9,9 +9,8 @@
 //! ```
 //! A shape is `d_model:experts:top_k:tokens:mode`, mode `cap` (capacity factor 1.25) or
 //! `dropless`. Experts are SwiGLU with `d_ff = 2 * d_model`, softmax top-k gates, no balancer.
-//! `BURN_MOE_BENCH_BACKENDS=ndarray,flex` limits the backends; `BURN_MOE_BENCH_LAYOUT=padded` or
-//! `packed` overrides the expert layout the layer picks for the device. `benches/compare.sh` runs the
-//! same shapes in PyTorch and prints the ratios.
+//! `BURN_MOE_BENCH_BACKENDS=ndarray,flex` limits the backends. `benches/compare.sh` runs the same
+//! shapes in PyTorch and prints the ratios.
 //!
 //! Each iteration ends by reading a scalar back to the host (the output's sum, or the sum of the
 //! expert weights' gradient), so lazy backends finish their work inside the timed region.
@@ -29,7 +28,6 @@ use criterion::{
 };
 
 use burn_moe::device::probe_wgpu_adapter;
-use burn_moe::moe::ExpertLayout;
 use burn_moe::{BackendKind, Moe, MoeConfig};
 
 mod common;
@@ -139,31 +137,13 @@ fn layer(shape: &Shape, device: &Device) -> Moe {
     shape.config().init(device).expect("valid bench config")
 }
 
-fn layout(moe: &Moe, x: &Tensor<3>) -> ExpertLayout {
-    let [batch, seq, _] = x.dims();
-    match std::env::var("BURN_MOE_BENCH_LAYOUT").as_deref() {
-        Ok("padded") => ExpertLayout::Padded,
-        Ok("packed") => ExpertLayout::Packed,
-        _ => ExpertLayout::choose(
-            &x.device(),
-            batch * seq * moe.config.top_k,
-            moe.config.num_experts,
-            moe.config.d_model,
-        ),
-    }
-}
-
 fn forward(moe: &Moe, x: &Tensor<3>) -> f32 {
-    let out = moe
-        .forward_with_layout(x.clone(), layout(moe, x))
-        .expect("forward");
+    let out = moe.forward(x.clone()).expect("forward");
     out.output.sum().into_scalar::<f32>()
 }
 
 fn forward_backward(moe: &Moe, x: &Tensor<3>) -> f32 {
-    let out = moe
-        .forward_with_layout(x.clone(), layout(moe, x))
-        .expect("forward");
+    let out = moe.forward(x.clone()).expect("forward");
     let grads = out.output.sum().backward();
     moe.experts
         .w_out

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod grouped;
 pub mod hf;
 pub mod kernels;
 pub mod memory;

@@ -5,13 +5,14 @@ mod cli;
 /// Keeps freed tensor buffers in the heap for reuse. glibc hands every allocation above its
 /// mmap threshold (128 KiB, growing up to 32 MiB) to a fresh `mmap`, and the kernel zero-fills
 /// each page on first touch: the CPU backends allocate tensors of tens of MiB per layer call,
-/// and those page faults cost up to half of a MoE layer's time (see BENCHMARKS.md). The same
-/// setting as `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`.
+/// and those page faults cost up to half of a MoE layer's time (see BENCHMARKS.md). The
+/// threshold is 1 GiB: at 32 MiB a `[16384, 512]` f32 activation (exactly 32 MiB) was still
+/// mapped afresh at every call. The same setting as `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }

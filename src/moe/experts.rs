@@ -1,10 +1,11 @@
-//! Expert FFNs with stacked weights, so all experts run as one batched matmul.
+//! Expert FFNs with stacked weights: routed experts run as grouped matmuls over an
+//! expert-sorted buffer, shared experts as one dense FFN.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::grouped::{GroupOffsets, grouped_matmul, swiglu};
 use crate::moe::ExpertActivation;
 
 /// `e` independent FFNs `d_model -> d_ff -> d_model` (no biases), weights stacked on dim 0.
@@ -68,35 +69,25 @@ impl ExpertFfn {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let up = x.clone().matmul(self.w_in.val());
         let hidden = match &self.w_gate {
-            Some(gate) => silu(x.matmul(gate.val())) * up,
+            Some(gate) => swiglu(x.matmul(gate.val()), up),
             None => exact_gelu(up),
         };
         hidden.matmul(self.w_out.val())
     }
 
-    /// Runs expert `e` on the `counts[e]` rows that follow expert `e - 1`'s.
+    /// Runs each expert on its rows of an expert-sorted buffer (grouped matmuls; rows past
+    /// the last expert's come out zero).
     ///
     /// # Shapes
-    /// - x: `[sum(counts), d_model]`, rows sorted by expert
-    /// - output: `[sum(counts), d_model]`
-    pub fn forward_packed(&self, x: Tensor<2>, counts: &[usize]) -> Tensor<2> {
-        let weight = |p: &Param<Tensor<3>>, e: usize| p.val().narrow(0, e, 1).squeeze_dim::<2>(0);
-        let mut outputs = Vec::new();
-        let mut start = 0;
-        for (e, &rows) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
-            let xe = x.clone().narrow(0, start, rows);
-            let up = xe.clone().matmul(weight(&self.w_in, e));
-            let hidden = match &self.w_gate {
-                Some(gate) => silu(xe.matmul(weight(gate, e))) * up,
-                None => exact_gelu(up),
-            };
-            outputs.push(hidden.matmul(weight(&self.w_out, e)));
-            start += rows;
-        }
-        if outputs.is_empty() {
-            return x; // no rows: nothing to compute
-        }
-        Tensor::cat(outputs, 0)
+    /// - x: `[rows, d_model]`, rows sorted by expert as `groups` says
+    /// - output: `[rows, d_model]`
+    pub fn forward_grouped(&self, x: Tensor<2>, groups: &GroupOffsets) -> Tensor<2> {
+        let up = grouped_matmul(x.clone(), groups, self.w_in.val());
+        let hidden = match &self.w_gate {
+            Some(gate) => swiglu(grouped_matmul(x, groups, gate.val()), up),
+            None => exact_gelu(up),
+        };
+        grouped_matmul(hidden, groups, self.w_out.val())
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::balance::{BalancerConfig, losses};
 use crate::error::{MoeError, Result};
 use crate::moe::router::Routed;
-use crate::moe::{ExpertFfn, ExpertLayout, MoeConfig, MoeOutput, Router, TokenDispatcher};
+use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, TokenDispatcher};
 use crate::routing::RoutingPlan;
 
 /// A Mixture-of-Experts FFN layer; build it with [`MoeConfig::init`].
@@ -71,26 +71,13 @@ impl Moe {
     /// Wrong width, an empty batch, a token count the groups do not divide, or NaN/Inf in the
     /// router logits.
     pub fn forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
-        let [batch, seq, _] = x.dims();
-        let layout = ExpertLayout::choose(
-            &x.device(),
-            batch * seq * self.config.top_k,
-            self.config.num_experts,
-            self.config.d_model,
-        );
-        self.forward_with_layout(x, layout)
-    }
-
-    /// [`forward`](Self::forward) with the experts' token layout chosen by the caller instead
-    /// of by [`ExpertLayout::choose`]. Both compute the same function.
-    pub fn forward_with_layout(&self, x: Tensor<3>, layout: ExpertLayout) -> Result<MoeOutput> {
         let training = x.device().is_autodiff();
         let [batch, seq, d_model] = x.dims();
         let routed = self.route(x.clone(), training)?;
         let x = x.reshape([batch * seq, d_model]);
 
         let device = x.device();
-        let dispatcher = TokenDispatcher::new(&routed.routing, self.config.groups, layout, &device);
+        let dispatcher = TokenDispatcher::new(&routed.routing, self.config.groups, &device);
         let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
         let mut y = dispatcher.combine(expert_out, routed.gates.clone());
         if let Some(shared) = &self.shared {

@@ -11,7 +11,7 @@ mod readback;
 mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
-pub use dispatcher::{ExpertLayout, TokenDispatcher};
+pub use dispatcher::TokenDispatcher;
 pub use experts::ExpertFfn;
 pub use layer::Moe;
 pub use output::MoeOutput;

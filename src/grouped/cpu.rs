@@ -1,0 +1,255 @@
+//! The grouped matmul on the CPU: one `gemm` call per block of a group's rows (forward, dX) or
+//! per block of a group's weight rows (dW), the blocks spread over rayon's threads. Every block
+//! writes its own part of the output, so the result does not depend on the thread count.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// Rows of one `gemm` call in the forward pass: enough to amortise packing the weight block,
+/// small enough that a few experts still give every thread work.
+const ROW_BLOCK: usize = 256;
+/// Weight rows of one `gemm` call in the weight gradient.
+const WEIGHT_ROW_BLOCK: usize = 64;
+
+/// A stack of `[k, n]` matrices in a slice: element `(g, i, j)` sits at
+/// `offset + g * group + i * row + j * col`. A transposed view just swaps `row` and `col`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stacked<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub strides: [isize; 3],
+}
+
+impl Stacked<'_> {
+    /// Largest element index a `[groups, k, n]` view reaches (all strides are non-negative).
+    fn last_index(&self, groups: usize, k: usize, n: usize) -> usize {
+        let [g, r, c] = self.strides.map(|s| s as usize);
+        self.offset + (groups.max(1) - 1) * g + (k.max(1) - 1) * r + (n.max(1) - 1) * c
+    }
+}
+
+/// Checks the offsets: `groups + 1` non-decreasing values from 0, at most `rows`.
+pub(crate) fn check_offsets(offsets: &[usize], rows: usize) {
+    assert!(
+        offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets.last().is_some_and(|&end| end <= rows),
+        "grouped matmul: offsets {offsets:?} must rise from 0 to at most {rows} rows"
+    );
+}
+
+/// `out[r] = x[r] @ w[g]` for the rows `offsets[g]..offsets[g + 1]` of group `g`; rows past
+/// the last offset are zero.
+///
+/// `x`: `[rows, k]` contiguous; `w`: `[groups, k, n]` (any non-negative strides);
+/// returns `[rows, n]`.
+pub(crate) fn grouped_matmul(
+    x: &[f32],
+    k: usize,
+    offsets: &[usize],
+    w: Stacked<'_>,
+    n: usize,
+) -> Vec<f32> {
+    let rows = x.len() / k.max(1);
+    let groups = offsets.len() - 1;
+    check_offsets(offsets, rows);
+    assert!(x.len() == rows * k, "grouped matmul: shapes");
+    assert!(
+        groups == 0 || k == 0 || n == 0 || w.last_index(groups, k, n) < w.data.len(),
+        "grouped matmul: weights too short"
+    );
+    // Written in place without zeroing first: each value below is written exactly once.
+    let mut out = Vec::with_capacity(rows * n);
+    let (computed, rest) = out.spare_capacity_mut()[..rows * n].split_at_mut(offsets[groups] * n);
+    rest.fill(MaybeUninit::new(0.0));
+    let mut tasks = Vec::new();
+    let mut remaining = computed;
+    for g in 0..groups {
+        let mut start = offsets[g];
+        while start < offsets[g + 1] {
+            let len = ROW_BLOCK.min(offsets[g + 1] - start);
+            let (block, tail) = remaining.split_at_mut(len * n);
+            tasks.push((g, start, len, block));
+            remaining = tail;
+            start += len;
+        }
+    }
+    tasks.into_par_iter().for_each(|(g, start, len, block)| {
+        if k == 0 {
+            block.fill(MaybeUninit::new(0.0));
+            return;
+        }
+        let [gs, rs, cs] = w.strides;
+        // SAFETY: the lhs rows `start..start + len` lie inside `x` (checked above), the weight
+        // block is inside `w.data` (last_index), and `block` holds exactly `len * n` values.
+        unsafe {
+            gemm::gemm(
+                len,
+                n,
+                k,
+                block.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr().add(start * k),
+                1,
+                k as isize,
+                w.data.as_ptr().add(w.offset + g * gs as usize),
+                cs,
+                rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    // SAFETY: the tail rows were zero-filled and every block of computed rows was written by
+    // `gemm` (read_dst = false overwrites all `len * n` values; k = 0 blocks were zero-filled).
+    unsafe { out.set_len(rows * n) };
+    out
+}
+
+/// `dw[g] = x_g^T @ dy_g` over each group's rows: the weight gradient of [`grouped_matmul`].
+///
+/// `x`: `[rows, k]`, `dy`: `[rows, n]`, both contiguous; returns `dw`: `[groups, k, n]`, zero
+/// for groups without rows.
+pub(crate) fn grouped_weight_grad(
+    x: &[f32],
+    k: usize,
+    dy: &[f32],
+    n: usize,
+    offsets: &[usize],
+) -> Vec<f32> {
+    let rows = x.len() / k.max(1);
+    let groups = offsets.len() - 1;
+    check_offsets(offsets, rows);
+    assert!(
+        x.len() == rows * k && dy.len() == rows * n,
+        "grouped weight gradient: shapes"
+    );
+    let mut dw = Vec::with_capacity(groups * k * n);
+    let mut tasks = Vec::new();
+    let mut remaining = &mut dw.spare_capacity_mut()[..groups * k * n];
+    for g in 0..groups {
+        let mut i = 0;
+        while i < k {
+            let len = WEIGHT_ROW_BLOCK.min(k - i);
+            let (block, tail) = remaining.split_at_mut(len * n);
+            tasks.push((g, i, len, block));
+            remaining = tail;
+            i += len;
+        }
+    }
+    tasks.into_par_iter().for_each(|(g, i, len, block)| {
+        let (start, count) = (offsets[g], offsets[g + 1] - offsets[g]);
+        if count == 0 || n == 0 {
+            block.fill(MaybeUninit::new(0.0));
+            return;
+        }
+        // SAFETY: lhs element (a, b) = x[(start + b) * k + i + a] with a < len <= k - i and
+        // b < count, rhs element (b, c) = dy[(start + b) * n + c]: both inside their slices
+        // (offsets checked); `block` holds exactly `len * n` values.
+        unsafe {
+            gemm::gemm(
+                len,
+                n,
+                count,
+                block.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr().add(start * k + i),
+                k as isize,
+                1,
+                dy.as_ptr().add(start * n),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    // SAFETY: every block of every group was either zero-filled or written whole by `gemm`.
+    unsafe { dw.set_len(groups * k * n) };
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain triple loops, the reference.
+    fn naive(x: &[f32], k: usize, offsets: &[usize], w: &[f32], n: usize) -> Vec<f32> {
+        let rows = x.len() / k;
+        let mut out = vec![0.0; rows * n];
+        for g in 0..offsets.len() - 1 {
+            for r in offsets[g]..offsets[g + 1] {
+                for j in 0..n {
+                    out[r * n + j] = (0..k).map(|i| x[r * k + i] * w[(g * k + i) * n + j]).sum();
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+            .map(|v| v as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn forward_and_weight_gradient_match_loops() {
+        let (k, n) = (7, 5);
+        // Ragged groups, an empty one, blocks longer than ROW_BLOCK, and unrouted tail rows.
+        let offsets = [0, 3, 3, 3 + ROW_BLOCK + 11, 3 + ROW_BLOCK + 12];
+        let rows = offsets[4] + 4;
+        let x = values(rows * k, 1);
+        let w = values(4 * k * n, 2);
+        let stacked = Stacked {
+            data: &w,
+            offset: 0,
+            strides: [(k * n) as isize, n as isize, 1],
+        };
+        let out = grouped_matmul(&x, k, &offsets, stacked, n);
+        let expected = naive(&x, k, &offsets, &w, n);
+        for (a, b) in out.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+
+        let dy = values(rows * n, 3);
+        let dw = grouped_weight_grad(&x, k, &dy, n, &offsets);
+        for g in 0..4 {
+            for i in 0..k {
+                for j in 0..n {
+                    let want: f32 = (offsets[g]..offsets[g + 1])
+                        .map(|r| x[r * k + i] * dy[r * n + j])
+                        .sum();
+                    let got = dw[(g * k + i) * n + j];
+                    assert!((got - want).abs() < 1e-3, "dw[{g},{i},{j}] {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "must rise from 0")]
+    fn offsets_past_the_rows_are_refused() {
+        let w = [0.0; 4];
+        let stacked = Stacked {
+            data: &w,
+            offset: 0,
+            strides: [4, 2, 1],
+        };
+        grouped_matmul(&[0.0; 4], 2, &[0, 3], stacked, 2);
+    }
+}

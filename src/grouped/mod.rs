@@ -1,0 +1,66 @@
+//! The experts' grouped matmul: one product per expert over its rows of an expert-sorted
+//! buffer, with the stacked weights `[experts, k, n]` used whole.
+//!
+//! - flex and ndarray: a backend extension ([`GroupedMatmul`]) on `gemm`, threads over blocks
+//!   of rows, with its own backward (`dX` through the transposed weights, `dW` one product per
+//!   expert; never a slice of the stacked weights, never a full-size zero gradient per expert).
+//! - wgpu: [`portable::grouped_matmul`], capacity-sized blocks through one batched matmul.
+//!
+//! [`swiglu`] is the experts' activation in one pass over memory on the CPU backends.
+
+mod blocks;
+mod cpu;
+mod op;
+mod swiglu;
+
+/// The tensor-op implementation (wgpu's today; runs on any backend).
+pub mod portable {
+    pub use super::blocks::grouped_matmul;
+}
+
+pub use op::GroupedMatmul;
+pub use swiglu::SwiGlu;
+
+use burn::backend::Dispatch;
+use burn::tensor::activation::silu;
+use burn::tensor::{Int, Tensor};
+
+/// Where each group's rows sit in an expert-sorted buffer.
+#[derive(Debug, Clone)]
+pub struct GroupOffsets {
+    /// `[groups + 1]`, non-decreasing from 0: group `g` owns rows `offsets[g]..offsets[g + 1]`;
+    /// rows from `offsets[groups]` on belong to no group (their products are zero).
+    pub offsets: Tensor<1, Int>,
+    /// A bound on any group's row count; sizes the blocks of the tensor-op implementation
+    /// (rows past it in a group would not be computed there).
+    pub max_rows: usize,
+}
+
+/// `y[r] = x[r] w[g]` for each row `r` of group `g`; zero for rows past the last group.
+///
+/// # Shapes
+/// - x: `[rows, k]`, rows sorted by group
+/// - w: `[groups, k, n]`
+/// - output: `[rows, n]`
+pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tensor<2> {
+    if crate::kernels::is_gpu(&x.device()) {
+        return portable::grouped_matmul(x, groups, w);
+    }
+    Tensor::from_dispatch(<Dispatch as GroupedMatmul>::grouped_matmul(
+        x.into_dispatch(),
+        groups.offsets.clone().into_dispatch(),
+        w.into_dispatch(),
+    ))
+}
+
+/// `silu(a) * u`, the SwiGLU of the gate and up projections: one vectorised pass with its own
+/// backward on the CPU backends ([`SwiGlu`]), tensor ops (fused by Burn) on wgpu.
+pub fn swiglu<const D: usize>(a: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
+    if crate::kernels::is_gpu(&a.device()) {
+        return silu(a) * u;
+    }
+    Tensor::from_dispatch(<Dispatch as SwiGlu>::swiglu(
+        a.into_dispatch(),
+        u.into_dispatch(),
+    ))
+}
