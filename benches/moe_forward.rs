@@ -103,12 +103,13 @@ fn main() {
             },
             reps,
         );
-        let dispatcher = TokenDispatcher::new(&routed.routing, 1, &device);
+        let capacity_rows = config.capacity(tokens);
+        let dispatcher = TokenDispatcher::new(&routed.routing.device, capacity_rows);
         let sorted = dispatcher.dispatch(flat.clone());
         let expert_out = dispatcher.run_experts(&moe.experts, sorted.clone());
         let dispatch = median_ms(
             || {
-                let d = TokenDispatcher::new(&routed.routing, 1, &device);
+                let d = TokenDispatcher::new(&routed.routing.device, capacity_rows);
                 black_box(scalar(d.dispatch(flat.clone())));
             },
             reps,

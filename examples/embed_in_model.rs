@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
+use burn_moe::moe::Routing;
 use burn_moe::{BackendKind, Moe, MoeConfig};
 
 /// A pre-norm residual block whose FFN is a MoE layer.
@@ -25,11 +26,11 @@ impl Block {
         })
     }
 
-    /// `[batch, seq, 32] -> [batch, seq, 1]`, plus the tokens each expert computed.
-    fn forward(&self, x: Tensor<3>) -> burn_moe::Result<(Tensor<3>, Vec<usize>)> {
+    /// `[batch, seq, 32] -> [batch, seq, 1]`, plus the call's routing (on the device).
+    fn forward(&self, x: Tensor<3>) -> burn_moe::Result<(Tensor<3>, Routing)> {
         let routed = self.moe.forward(self.norm.forward(x.clone()))?;
         let h = x + routed.output; // residual: dropped tokens pass through unchanged
-        Ok((self.head.forward(h), routed.routing.computed_counts))
+        Ok((self.head.forward(h), routed.routing))
     }
 }
 
@@ -41,9 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = Tensor::<3>::random([8, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let target = x.clone().slice([0..8, 0..32, 0..1]).sin();
     for step in 0..20 {
-        let (y, counts) = model.forward(x.clone())?;
+        let (y, routing) = model.forward(x.clone())?;
         let loss = (y - target.clone()).powi_scalar(2).mean();
         if step % 5 == 0 {
+            // Reading the routing is one device-to-host transfer: do it when you log.
+            let counts = &routing.plan()?.computed_counts;
             println!(
                 "step {step:>2}  loss {:.4}  tokens per expert {counts:?}",
                 loss.clone().into_scalar::<f32>()

@@ -9,7 +9,7 @@
 //! let moe = MoeConfig::new(64, 128, 8).with_top_k(2).init(&device).unwrap();
 //! let x = Tensor::<3>::random([4, 16, 64], Distribution::Normal(0.0, 1.0), &device);
 //! let out = moe.forward(x).unwrap();
-//! println!("tokens per expert: {:?}", out.computed_counts());
+//! println!("tokens per expert: {:?}", out.computed_counts().unwrap());
 //! ```
 
 #![warn(missing_docs)]

@@ -89,7 +89,7 @@ fn offsets(counts: &[usize], device: &Device) -> GroupOffsets {
     let len = offsets.len();
     GroupOffsets {
         offsets: Tensor::<1, Int>::from_data(TensorData::new(offsets, [len]), device),
-        max_rows: counts.iter().copied().max().unwrap_or(0),
+        max_rows: Some(counts.iter().copied().max().unwrap_or(0)),
     }
 }
 
@@ -197,7 +197,7 @@ fn offsets_beyond_the_rows_panic_with_a_message() {
     let w = Tensor::<3>::zeros([2, 3, 2], &device);
     let offsets = GroupOffsets {
         offsets: Tensor::from_data(TensorData::new(vec![0i64, 3, 9], [3]), &device),
-        max_rows: 6,
+        max_rows: Some(6),
     };
     let _ = grouped_matmul(x, &offsets, w);
 }

@@ -179,8 +179,8 @@ fn check(name: &str, cfg: MoeConfig, batch: usize, seq: usize, training: bool, s
         .forward(tensor3(x.clone(), [batch, seq, cfg.d_model], &device))
         .unwrap();
     let w = weights(&moe);
-    let r = reference(&cfg, &w, &x, out.second_expert_draws.as_deref());
-    let plan = &out.routing;
+    let r = reference(&cfg, &w, &x, out.routing.host().unwrap().draws.as_deref());
+    let plan = out.routing.plan().unwrap();
     assert_eq!(plan.choices, r.choices, "{name}: chosen experts");
     assert_eq!(plan.admitted, r.admitted, "{name}: admitted assignments");
     assert_eq!(plan.computed_counts, r.counts, "{name}: computed counts");
@@ -241,9 +241,9 @@ fn tight_capacity_drops_whole_tokens() {
     let out = moe
         .forward(tensor3(normal_vec(40 * 8, 17), [1, 40, 8], &device))
         .unwrap();
-    assert_eq!(out.routing.capacity, Some(3));
+    assert_eq!(out.routing.plan().unwrap().capacity, Some(3));
     assert!(
-        out.dropped_tokens() >= 40 - 4 * 3,
+        out.dropped_tokens().unwrap() >= 40 - 4 * 3,
         "capacity 3 per expert keeps at most 12 of 40 tokens"
     );
 }
@@ -261,12 +261,19 @@ fn gshard_random_routing_of_the_second_expert() {
     let out = moe
         .forward(tensor3(normal_vec(512 * 16, 20), [4, 128, 16], &device))
         .unwrap();
-    let skipped = out.routing.used.iter().filter(|u| !**u).count();
+    let skipped = out
+        .routing
+        .plan()
+        .unwrap()
+        .used
+        .iter()
+        .filter(|u| !**u)
+        .count();
     assert!(
         skipped > 0 && skipped < 512,
         "skipped {skipped} of 512 second experts"
     );
-    let draws = out.second_expert_draws.unwrap();
+    let draws = out.routing.host().unwrap().draws.clone().unwrap();
     assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
     // Eval mode never skips.
     let eval = cfg.init(&ndarray(false)).unwrap();
@@ -277,7 +284,7 @@ fn gshard_random_routing_of_the_second_expert() {
             &ndarray(false),
         ))
         .unwrap();
-    assert!(out.routing.used.iter().all(|u| *u));
+    assert!(out.routing.plan().unwrap().used.iter().all(|u| *u));
 }
 
 #[test]
@@ -400,7 +407,11 @@ fn gradients_match_a_plain_per_expert_form() {
             let input = tensor3(x.clone(), [2, 30, 12], &device).require_grad();
             let out = moe.forward(input.clone()).unwrap();
             let y = if plain {
-                plain_layer(&moe, input.clone().reshape([60, 12]), &out.routing)
+                plain_layer(
+                    &moe,
+                    input.clone().reshape([60, 12]),
+                    out.routing.plan().unwrap(),
+                )
             } else {
                 out.output.reshape([60, 12])
             };

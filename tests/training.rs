@@ -72,7 +72,7 @@ fn balancer_updates_reach_their_own_layers() {
         assert_eq!(out.moe.len(), 2);
         let updated = model.clone().update_balancers(&out.moe).unwrap();
         for (layer, (moe, o)) in updated.moe_layers().zip(&out.moe).enumerate() {
-            let want = o.balancer_state.clone().unwrap();
+            let want = host(o.balancer_state.clone().unwrap());
             assert_eq!(
                 moe.balancer_state_values().unwrap(),
                 want,

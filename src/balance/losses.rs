@@ -1,67 +1,70 @@
 //! Balancing loss terms, as differentiable device tensors. Counts (`f_j`, `c_j`) come from the
-//! routing plan and are constants; the mean scores carry the gradient to the router.
+//! chosen experts on the device and are constants; the mean scores carry the gradient to the
+//! router.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 
-use crate::routing::RoutingPlan;
-
-fn constant(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-/// Top-1 choice counts per group, `[groups, experts]`.
-fn top1_counts(plan: &RoutingPlan, groups: usize) -> Vec<f32> {
-    let group_len = plan.tokens / groups;
-    let mut counts = vec![0.0f32; groups * plan.experts];
-    for t in 0..plan.tokens {
-        counts[(t / group_len) * plan.experts + plan.choices[t * plan.top_k] as usize] += 1.0;
-    }
-    counts
+/// How often each expert is chosen at ranks `ranks` of each token: `[tokens, experts]`, a sum
+/// of one-hot rows (a token whose index is -1, a non-finite logit, counts nowhere).
+fn choice_counts(
+    indices: Tensor<2, Int>,
+    ranks: std::ops::Range<usize>,
+    experts: usize,
+) -> Tensor<2> {
+    let [n, _] = indices.dims();
+    let device = indices.device();
+    let expert = Tensor::<1, Int>::arange(0..experts as i64, &device)
+        .unsqueeze_dim::<2>(0)
+        .expand([n, experts]);
+    ranks
+        .map(|r| {
+            let chosen = indices.clone().narrow(1, r, 1).expand([n, experts]);
+            chosen.equal(expert.clone()).float()
+        })
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([n, experts], &device))
 }
 
 /// Switch: `alpha * m * sum_j f_j * P_j`, `f_j` the fraction of tokens whose top-1 is `j`, `P_j`
 /// the mean score of `j`. Equals `alpha` at perfect balance.
-pub fn switch_aux(scores: Tensor<2>, plan: &RoutingPlan, alpha: f64) -> Tensor<1> {
-    let [n, m] = scores.dims();
-    let f: Vec<f32> = top1_counts(plan, 1).iter().map(|c| c / n as f32).collect();
-    let f = constant(f, [1, m], &scores.device());
+///
+/// `scores [tokens, experts]`, `indices [tokens, k]` (the chosen experts, rank 0 first).
+pub fn switch_aux(scores: Tensor<2>, indices: Tensor<2, Int>, alpha: f64) -> Tensor<1> {
+    let [_, m] = scores.dims();
+    let f = choice_counts(indices, 0..1, m).mean_dim(0);
     (scores.mean_dim(0) * f).sum() * (alpha * m as f64)
 }
 
 /// GShard: per group of `S` tokens `(1/m) sum_j (c_j / S) * mean_gate_j`, averaged over groups.
-pub fn gshard_aux(scores: Tensor<2>, plan: &RoutingPlan, groups: usize, alpha: f64) -> Tensor<1> {
+pub fn gshard_aux(
+    scores: Tensor<2>,
+    indices: Tensor<2, Int>,
+    groups: usize,
+    alpha: f64,
+) -> Tensor<1> {
     let [n, m] = scores.dims();
     let s = n / groups;
-    let c: Vec<f32> = top1_counts(plan, groups)
-        .iter()
-        .map(|c| c / s as f32)
-        .collect();
-    let c = constant(c, [groups, m], &scores.device());
-    let mean_gate = scores
-        .reshape([groups, s, m])
-        .mean_dim(1)
-        .reshape([groups, m]);
-    (mean_gate * c).sum() * (alpha / (m * groups) as f64)
+    let per_group = |t: Tensor<2>| t.reshape([groups, s, m]).mean_dim(1).reshape([groups, m]);
+    let c = per_group(choice_counts(indices, 0..1, m));
+    (per_group(scores) * c).sum() * (alpha / (m * groups) as f64)
 }
 
 /// DeepSeek-V3 sequence-wise: per sequence of `seq_len` tokens,
 /// `f_j = m / (k T) * #{t: j in TopK(s_t)}`, `P_j = mean_t s_tj / sum_l s_tl`,
 /// `L = alpha * sum_j f_j P_j`, averaged over the sequences.
-pub fn seq_aux(scores: Tensor<2>, plan: &RoutingPlan, seq_len: usize, alpha: f64) -> Tensor<1> {
+pub fn seq_aux(
+    scores: Tensor<2>,
+    indices: Tensor<2, Int>,
+    seq_len: usize,
+    alpha: f64,
+) -> Tensor<1> {
     let [n, m] = scores.dims();
-    let (k, seqs) = (plan.top_k, n / seq_len);
-    let mut f = vec![0.0f32; seqs * m];
-    let scale = m as f32 / (k * seq_len) as f32;
-    for (a, &e) in plan.choices.iter().enumerate() {
-        f[(a / k / seq_len) * m + e as usize] += scale;
-    }
-    let f = constant(f, [seqs, m], &scores.device());
+    let [_, k] = indices.dims();
+    let seqs = n / seq_len;
+    let per_seq = |t: Tensor<2>| t.reshape([seqs, seq_len, m]).mean_dim(1).reshape([seqs, m]);
+    let f = per_seq(choice_counts(indices, 0..k, m)) * (m as f64 / k as f64);
     let normalised = scores.clone() / scores.sum_dim(1);
-    let p = normalised
-        .reshape([seqs, seq_len, m])
-        .mean_dim(1)
-        .reshape([seqs, m]);
-    (p * f).sum() * (alpha / seqs as f64)
+    (per_seq(normalised) * f).sum() * (alpha / seqs as f64)
 }
 
 /// Router z-loss (ST-MoE): `weight * (1/n) * sum_i logsumexp_j(logits_ij)^2`.

@@ -1,5 +1,6 @@
 //! Balance metrics from per-expert token counts (`docs/algorithms.md`).
 
+use crate::error::Result;
 use crate::moe::MoeOutput;
 
 /// `(max_j c_j - mean c) / mean c`; 0 when perfectly balanced (and for an empty batch).
@@ -63,12 +64,14 @@ pub struct BalanceMetrics {
 }
 
 impl BalanceMetrics {
-    /// Metrics of one layer call.
-    pub fn from_output(out: &MoeOutput) -> Self {
-        let plan = &out.routing;
+    /// Metrics of one layer call (reads its routing back, see
+    /// [`Routing::host`](crate::moe::Routing::host)).
+    pub fn from_output(out: &MoeOutput) -> Result<Self> {
+        let host = out.routing.host()?;
+        let plan = &host.plan;
         let requested = &plan.requested_counts;
         let asked: usize = requested.iter().sum();
-        BalanceMetrics {
+        Ok(BalanceMetrics {
             max_vio: max_vio(requested),
             max_vio_computed: max_vio(&plan.computed_counts),
             cv: coefficient_of_variation(requested),
@@ -79,9 +82,9 @@ impl BalanceMetrics {
                 plan.dropped_assignments() as f64 / asked as f64
             },
             token_drop_rate: plan.dropped_tokens as f64 / plan.tokens as f64,
-            router_entropy: out.router_entropy as f64,
+            router_entropy: host.entropy as f64,
             dead_experts: requested.iter().filter(|&&c| c == 0).count(),
-        }
+        })
     }
 
     /// Field-wise mean over layers (dead experts: summed).

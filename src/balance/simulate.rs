@@ -220,7 +220,7 @@ pub fn simulate(
             &device,
         );
         let out = moe.route(x, true)?;
-        let counts = out.routing.requested_counts.clone();
+        let counts = out.routing.plan()?.requested_counts.clone();
         moe = moe.update_balancer(&out)?;
         if let Some(loss) = out.balance_loss {
             let grads = GradientsParams::from_grads(loss.backward(), &moe);

@@ -125,7 +125,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let median_ms = times.get(times.len() / 2).copied();
 
-    let plan = &out.routing;
+    let plan = out.routing.plan().unwrap();
     if args.json {
         let summary = serde_json::json!({
             "backend": args.backend.kind.to_string(),

@@ -5,13 +5,15 @@
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
+use crate::error::MoeError;
+
 use super::GroupOffsets;
 
 /// See [`super::grouped_matmul`].
 pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tensor<2> {
     let [rows, k] = x.dims();
     let [m, _, n] = w.dims();
-    let slots = groups.max_rows.max(1);
+    let slots = block_rows(groups);
     let device = x.device();
     let starts = groups.offsets.clone().narrow(0, 0, m).unsqueeze_dim::<2>(1);
     let ends = groups.offsets.clone().narrow(0, 1, m).unsqueeze_dim::<2>(1);
@@ -29,4 +31,59 @@ pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tens
     Tensor::<2>::zeros([rows + 1, n], &device)
         .select_assign(0, index, blocks, IndexingUpdateOp::Add)
         .narrow(0, 0, rows)
+}
+
+/// Slots per block: `max_rows`, or else the largest group read back from the device (one
+/// small read, counted) and rounded up by [`slot_bucket`]; at least 1.
+pub(crate) fn block_rows(groups: &GroupOffsets) -> usize {
+    groups
+        .max_rows
+        .unwrap_or_else(|| slot_bucket(largest_group(groups)))
+        .max(1)
+}
+
+/// The most rows any group holds, read from the device (one small read, counted).
+fn largest_group(groups: &GroupOffsets) -> usize {
+    crate::moe::count_read();
+    let offsets: Vec<i64> = groups
+        .offsets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| MoeError::Backend(format!("reading the expert offsets: {e:?}")))
+        .expect("offsets are an int tensor on the layer's device");
+    offsets
+        .windows(2)
+        .map(|w| (w[1] - w[0]).max(0) as usize)
+        .max()
+        .unwrap_or(0)
+}
+
+/// `load` rounded up to keep its three leading binary digits: a multiple of
+/// `max(8, next_power_of_two(load) / 8)`. Padding stays under a quarter of the load (above 32) while
+/// the number of distinct sizes grows only with the logarithm of the load.
+pub fn slot_bucket(load: usize) -> usize {
+    let step = (load.next_power_of_two() / 8).max(8);
+    load.div_ceil(step) * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_bucket;
+
+    #[test]
+    fn buckets_pad_little_and_stay_few() {
+        assert_eq!(slot_bucket(0), 0);
+        assert_eq!(slot_bucket(5), 8);
+        assert_eq!(slot_bucket(400), 448);
+        assert_eq!(slot_bucket(512), 512);
+        assert_eq!(slot_bucket(513), 640);
+        for load in 1..5000usize {
+            let b = slot_bucket(load);
+            assert!(b >= load && (b - load) * 4 < load.max(32), "{load} -> {b}");
+        }
+        let distinct: std::collections::BTreeSet<_> = (1..5000).map(slot_bucket).collect();
+        assert!(distinct.len() < 80, "{}", distinct.len());
+    }
 }

@@ -9,6 +9,7 @@
 //! [`swiglu`] is the experts' activation in one pass over memory on the CPU backends.
 
 mod blocks;
+pub(crate) use blocks::block_rows;
 mod cpu;
 mod op;
 mod swiglu;
@@ -31,9 +32,10 @@ pub struct GroupOffsets {
     /// `[groups + 1]`, non-decreasing from 0: group `g` owns rows `offsets[g]..offsets[g + 1]`;
     /// rows from `offsets[groups]` on belong to no group (their products are zero).
     pub offsets: Tensor<1, Int>,
-    /// A bound on any group's row count; sizes the blocks of the tensor-op implementation
-    /// (rows past it in a group would not be computed there).
-    pub max_rows: usize,
+    /// A bound on any group's row count (a capacity), or `None`. It sizes the blocks of the
+    /// tensor-op implementation (rows past it in a group would not be computed there), which
+    /// otherwise reads the offsets back to find the largest group; the CPU kernels ignore it.
+    pub max_rows: Option<usize>,
 }
 
 /// `y[r] = x[r] w[g]` for each row `r` of group `g`; zero for rows past the last group.

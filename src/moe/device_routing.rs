@@ -1,16 +1,17 @@
 //! The router's kernel path: top-k, histograms and balancer updates run on the layer's device
-//! (`crate::kernels`); only the chosen experts, their queue positions and the new balancer
-//! state come back to the host, where the plan is rebuilt in O(tokens * k).
+//! (`crate::kernels`), and the routing stays there: nothing is read back to the host.
+
+use std::sync::OnceLock;
 
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Distribution, Tensor, Transaction};
+use burn::tensor::{Distribution, Tensor};
 
 use crate::balance::{BalancerConfig, BipOrder};
-use crate::error::{MoeError, Result};
+use crate::error::Result;
 use crate::kernels::{self, GateRule, KernelPath};
-use crate::moe::router::{Routed, check_finite, read_as, read_f32};
-use crate::moe::{MoeConfig, Router, ScoreFunction};
-use crate::routing::{RoutingRule, plan_from_positions};
+use crate::moe::router::Routed;
+use crate::moe::{DeviceRouting, MoeConfig, Router, Routing, ScoreFunction};
+use crate::routing::RoutingRule;
 
 impl Router {
     pub(crate) fn route_on_device(
@@ -113,36 +114,13 @@ impl Router {
             .mean()
             .neg();
 
-        // One round trip for everything the host needs.
-        let mut transaction = Transaction::default()
-            .register(top.indices)
-            .register(top.used)
-            .register(hist.positions)
-            .register(entropy);
-        for t in draws.iter().chain(new_state.iter()) {
-            transaction = transaction.register(t.clone());
-        }
-        crate::moe::count_read();
-        let mut data = transaction
-            .try_execute()
-            .map_err(|e| MoeError::Backend(format!("routing read-back failed: {e:?}")))?
-            .into_iter();
-        let indices = read_as::<i64>(data.next())?;
-        let used = read_as::<i64>(data.next())?;
-        let positions = read_as::<i64>(data.next())?;
-        let entropy = read_f32(data.next())?.first().copied().unwrap_or(0.0);
-        let draws = draws.map(|_| read_f32(data.next())).transpose()?;
-        let new_state = new_state.map(|_| read_f32(data.next())).transpose()?;
-
-        if indices.iter().any(|&i| i < 0) {
-            // A token had a non-finite logit: read the logits for the exact report.
-            crate::moe::count_read();
-            let host = read_f32(Some(logits.into_data()))?;
-            check_finite(&host, m)?;
-            return Err(MoeError::Backend(
-                "routing kernels flagged a non-finite logit the host did not find".into(),
-            ));
-        }
+        let slots = match config.capacity(tokens / config.groups) {
+            Some(c) => {
+                let past = hist.positions.clone().greater_equal_elem(c as i64);
+                hist.positions.clone().mask_fill(past, -1)
+            }
+            None => hist.positions.clone(),
+        };
         let rule = RoutingRule {
             top_k: k,
             groups: config.groups,
@@ -150,20 +128,25 @@ impl Router {
             random_second,
             group_limit: config.group_limit(),
         };
-        let plan = plan_from_positions(
-            m,
-            &rule,
-            indices.iter().map(|&i| i as u32).collect(),
-            used.iter().map(|&u| u != 0).collect(),
-            &positions,
-        )?;
+        let routing = Routing {
+            device: DeviceRouting {
+                indices: top.indices,
+                slots,
+                admitted: hist.admitted,
+            },
+            used: top.used,
+            draws,
+            entropy: entropy.reshape([1]),
+            logits: logits.clone(),
+            rule,
+            experts: m,
+            host: OnceLock::new(),
+        };
         Ok(Routed {
             logits,
             scores,
-            plan,
-            draws,
+            routing,
             new_state,
-            entropy,
         })
     }
 }

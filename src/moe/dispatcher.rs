@@ -3,11 +3,49 @@
 //! then the ones no expert computes), the experts run as grouped matmuls over it, and each
 //! token gathers its gated rows back.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::grouped::GroupOffsets;
+use crate::grouped::{GroupOffsets, block_rows};
 use crate::moe::ExpertFfn;
 use crate::routing::RoutingPlan;
+
+/// A call's routing decisions as the dispatcher needs them, on the layer's device.
+#[derive(Debug, Clone)]
+pub struct DeviceRouting {
+    /// `[tokens, k]`: each token's chosen experts, rank 0 first.
+    pub indices: Tensor<2, Int>,
+    /// `[tokens, k]`: an admitted assignment's position in its expert's queue within its local
+    /// group (admission order); -1 for an assignment that is dropped or unused.
+    pub slots: Tensor<2, Int>,
+    /// `[groups, experts]`: admitted assignments per local group and expert.
+    pub admitted: Tensor<2, Int>,
+}
+
+impl DeviceRouting {
+    /// The device form of a host plan (the host routing path, and tools that hold a plan).
+    pub fn from_plan(plan: &RoutingPlan, groups: usize, device: &Device) -> Self {
+        let (n, k, m) = (plan.tokens, plan.top_k, plan.experts);
+        let group_len = n / groups;
+        let mut slots = vec![-1i64; n * k];
+        let mut admitted = vec![0i64; groups * m];
+        for (e, assigned) in plan.expert_assignments.iter().enumerate() {
+            for &a in assigned {
+                let cell = (a as usize / k / group_len) * m + e;
+                slots[a as usize] = admitted[cell];
+                admitted[cell] += 1;
+            }
+        }
+        let choices = plan.choices.iter().map(|&c| c as i64).collect();
+        let int = |values: Vec<i64>, shape: [usize; 2]| {
+            Tensor::<2, Int>::from_data(TensorData::new(values, shape), device)
+        };
+        DeviceRouting {
+            indices: int(choices, [n, k]),
+            slots: int(slots, [n, k]),
+            admitted: int(admitted, [groups, m]),
+        }
+    }
+}
 
 /// Index tensors that move tokens between `[tokens, d]` and the expert-sorted buffer.
 #[derive(Debug, Clone)]
@@ -23,48 +61,57 @@ pub struct TokenDispatcher {
 }
 
 impl TokenDispatcher {
-    /// Lays out the plan's assignments: each expert's admitted ones in admission order, then
-    /// the dropped and unused ones (their rows are not computed).
+    /// Lays out the assignments on the device, with tensor ops only: each expert's admitted
+    /// ones (local group after local group, each in admission order), then the dropped and
+    /// unused ones in assignment order (their rows are not computed).
     ///
-    /// The bound on an expert's rows is `groups * capacity` with a capacity; dropless it is the
-    /// largest load rounded up to a coarse bucket (its three leading binary digits), so the grouped
-    /// matmul (wgpu) compiles and tunes a handful of block shapes, not one per call.
-    pub fn new(plan: &RoutingPlan, groups: usize, device: &Device) -> Self {
-        let assignments = plan.tokens * plan.top_k;
-        let mut order: Vec<u32> = plan.expert_assignments.iter().flatten().copied().collect();
-        order.extend((0..assignments as u32).filter(|&a| !plan.admitted[a as usize]));
-        let mut assignment_row = vec![0i64; assignments];
-        for (row, &a) in order.iter().enumerate() {
-            assignment_row[a as usize] = row as i64;
-        }
-        let row_token: Vec<i64> = order
-            .iter()
-            .map(|&a| (a as usize / plan.top_k) as i64)
-            .collect();
-        let mut offsets = vec![0i64];
-        for assigned in &plan.expert_assignments {
-            offsets.push(offsets[offsets.len() - 1] + assigned.len() as i64);
-        }
-        let most = plan
-            .expert_assignments
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0);
-        let max_rows = plan.capacity.map_or(slot_bucket(most), |c| groups * c);
-        let int = |values: Vec<i64>| {
-            let len = values.len();
-            Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
+    /// `capacity_rows` bounds any expert's admitted assignments when there is a capacity
+    /// (`groups * capacity`); `None` for dropless (see [`GroupOffsets::max_rows`]), which on
+    /// wgpu costs one small read of the offsets to size the experts' blocks.
+    pub fn new(routing: &DeviceRouting, capacity_rows: Option<usize>) -> Self {
+        let [n, k] = routing.indices.dims();
+        let [groups, m] = routing.admitted.dims();
+        let a = n * k;
+        let device = routing.indices.device();
+        let slots = routing.slots.clone().reshape([a]);
+        let taken = slots.clone().greater_equal_elem(0);
+        // Expert offsets, and the first row of each (local group, expert) block.
+        let totals = routing.admitted.clone().sum_dim(0).reshape([m]);
+        let ends = totals.clone().cumsum(0);
+        let starts = ends.clone() - totals;
+        let before = routing.admitted.clone().cumsum(0) - routing.admitted.clone();
+        let first_row =
+            (before + starts.unsqueeze_dim::<2>(0).expand([groups, m])).reshape([groups * m]);
+        let assignment = Tensor::<1, Int>::arange(0..a as i64, &device);
+        let group = assignment.clone().div_scalar((k * (n / groups)) as i64);
+        let cell = group.mul_scalar(m as i64)
+            + routing.indices.clone().reshape([a]).clamp(0, m as i64 - 1);
+        let admitted_row = first_row.gather(0, cell) + slots;
+        // The others follow, in assignment order.
+        let others = taken.clone().bool_not().int();
+        let total = ends.clone().narrow(0, m - 1, 1).expand([a]);
+        let other_row = total + others.clone().cumsum(0) - others;
+        let assignment_row = other_row.mask_where(taken, admitted_row);
+        let row_token = Tensor::<1, Int>::zeros([a], &device).scatter(
+            0,
+            assignment_row.clone(),
+            assignment.div_scalar(k as i64),
+            IndexingUpdateOp::Add,
+        );
+        let mut groups = GroupOffsets {
+            offsets: Tensor::cat(vec![Tensor::zeros([1], &device), ends], 0),
+            max_rows: capacity_rows,
         };
+        if crate::kernels::is_gpu(&device) {
+            // The block implementation needs a bound: dropless, one small read per call.
+            groups.max_rows = Some(block_rows(&groups));
+        }
         TokenDispatcher {
-            tokens: plan.tokens,
-            top_k: plan.top_k,
-            row_token: int(row_token),
-            assignment_row: int(assignment_row),
-            groups: GroupOffsets {
-                offsets: int(offsets),
-                max_rows,
-            },
+            tokens: n,
+            top_k: k,
+            row_token,
+            assignment_row,
+            groups,
         }
     }
 
@@ -109,30 +156,72 @@ impl TokenDispatcher {
     }
 }
 
-/// `load` rounded up to keep its three leading binary digits: a multiple of
-/// `max(8, next_power_of_two(load) / 8)`. Padding stays under a quarter of the load (above 32) while
-/// the number of distinct sizes grows only with the logarithm of the load.
-pub fn slot_bucket(load: usize) -> usize {
-    let step = (load.next_power_of_two() / 8).max(8);
-    load.div_ceil(step) * step
-}
-
 #[cfg(test)]
 mod tests {
-    use super::slot_bucket;
+    use super::*;
+    use crate::routing::{RoutingRule, plan_routing};
 
+    fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
+        t.into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap()
+    }
+
+    /// The device-built layout against the plan it came from: offsets are the running sums of
+    /// the computed counts, each expert's rows hold exactly its admitted assignments' tokens,
+    /// and every assignment has its own row holding its token.
     #[test]
-    fn buckets_pad_little_and_stay_few() {
-        assert_eq!(slot_bucket(0), 0);
-        assert_eq!(slot_bucket(5), 8);
-        assert_eq!(slot_bucket(400), 448);
-        assert_eq!(slot_bucket(512), 512);
-        assert_eq!(slot_bucket(513), 640);
-        for load in 1..5000usize {
-            let b = slot_bucket(load);
-            assert!(b >= load && (b - load) * 4 < load.max(32), "{load} -> {b}");
+    fn device_layout_matches_the_plan() {
+        #[allow(deprecated)]
+        let device = Device::ndarray();
+        let (n, m) = (48, 6);
+        for (k, groups, capacity_factor) in [
+            (2, 1, None),
+            (2, 3, Some(1.0)),
+            (3, 2, Some(0.7)),
+            (1, 4, Some(1.25)),
+        ] {
+            let scores: Vec<f32> = (0..n * m)
+                .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0)
+                .collect();
+            let rule = RoutingRule {
+                top_k: k,
+                groups,
+                capacity_factor,
+                random_second: false,
+                group_limit: None,
+            };
+            let plan = plan_routing(&scores, None, n, m, &rule, None).unwrap();
+            let routing = DeviceRouting::from_plan(&plan, groups, &device);
+            let d = TokenDispatcher::new(&routing, None);
+            let offsets = ints(d.groups.offsets.clone());
+            let row_token = ints(d.row_token.clone());
+            let assignment_row = ints(d.assignment_row.clone());
+            let mut expected = vec![0i64];
+            for &c in &plan.computed_counts {
+                expected.push(expected.last().unwrap() + c as i64);
+            }
+            assert_eq!(offsets, expected, "k {k} groups {groups}");
+            for (e, assigned) in plan.expert_assignments.iter().enumerate() {
+                let rows = offsets[e] as usize..offsets[e + 1] as usize;
+                let mut got: Vec<i64> = row_token[rows].to_vec();
+                let mut want: Vec<i64> =
+                    assigned.iter().map(|&a| (a as usize / k) as i64).collect();
+                got.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(got, want, "expert {e}");
+            }
+            let mut seen = vec![false; n * k];
+            for (a, &row) in assignment_row.iter().enumerate() {
+                assert!(
+                    !std::mem::replace(&mut seen[row as usize], true),
+                    "row {row} twice"
+                );
+                assert_eq!(row_token[row as usize], (a / k) as i64);
+                let admitted = (row as usize) < *offsets.last().unwrap() as usize;
+                assert_eq!(admitted, plan.admitted[a], "assignment {a}");
+            }
         }
-        let distinct: std::collections::BTreeSet<_> = (1..5000).map(slot_bucket).collect();
-        assert!(distinct.len() < 80, "{}", distinct.len());
     }
 }

@@ -3,13 +3,12 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::balance::{BalancerConfig, losses};
 use crate::error::{MoeError, Result};
 use crate::moe::router::Routed;
 use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, TokenDispatcher};
-use crate::routing::RoutingPlan;
 
 /// A Mixture-of-Experts FFN layer; build it with [`MoeConfig::init`].
 #[derive(Module, Debug)]
@@ -67,17 +66,26 @@ impl Moe {
     /// - x: `[batch, seq, d_model]`
     /// - output.output: `[batch, seq, d_model]`
     ///
+    /// The call makes no device-to-host read: the routing stays on the device
+    /// (`output.routing`, read back only when asked). On wgpu without a capacity the experts'
+    /// blocks are sized from one small read of the per-expert counts.
+    ///
     /// # Errors
-    /// Wrong width, an empty batch, a token count the groups do not divide, or NaN/Inf in the
-    /// router logits.
+    /// Wrong width, an empty batch, or a token count the groups do not divide. A token with a
+    /// NaN or infinite router logit is routed nowhere and its output is NaN; reading the
+    /// routing ([`Routing::host`](crate::moe::Routing::host)) reports it.
     pub fn forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
         let training = x.device().is_autodiff();
         let [batch, seq, d_model] = x.dims();
         let routed = self.route(x.clone(), training)?;
         let x = x.reshape([batch * seq, d_model]);
 
-        let device = x.device();
-        let dispatcher = TokenDispatcher::new(&routed.routing, self.config.groups, &device);
+        let groups = self.config.groups;
+        let capacity_rows = self
+            .config
+            .capacity(batch * seq / groups)
+            .map(|c| groups * c);
+        let dispatcher = TokenDispatcher::new(&routed.routing.device, capacity_rows);
         let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
         let mut y = dispatcher.combine(expert_out, routed.gates.clone());
         if let Some(shared) = &self.shared {
@@ -93,7 +101,7 @@ impl Moe {
         })
     }
 
-    /// The routing stage alone: scores, gates, the plan, balancing loss and state, with no
+    /// The routing stage alone: scores, gates, the routing, balancing loss and state, with no
     /// expert compute (`output` is a zero-sized placeholder `[batch, seq, 0]`). `training`
     /// turns on noise, random routing and balancer updates.
     pub fn route(&self, x: Tensor<3>, training: bool) -> Result<MoeOutput> {
@@ -125,25 +133,22 @@ impl Moe {
         let Routed {
             logits,
             scores,
-            plan,
-            draws,
+            routing,
             new_state,
-            entropy,
         } = self
             .router
             .route(x.reshape([tokens, d_model]), &self.config, state, training)?;
-        let gates = self.gates(scores.clone(), &plan.choices, tokens, &device);
-        let balance_loss = self.balance_loss(&logits, &scores, &plan, seq);
+        let indices = routing.device.indices.clone();
+        let gates = self.gates(scores.clone(), indices.clone());
+        let balance_loss = self.balance_loss(&logits, &scores, indices, seq);
         Ok(MoeOutput {
             output: Tensor::zeros([batch, seq, 0], &device),
             logits,
             scores,
             gates,
-            routing: plan,
-            second_expert_draws: draws,
+            routing,
             balance_loss,
             balancer_state: new_state,
-            router_entropy: entropy,
         })
     }
 
@@ -152,8 +157,8 @@ impl Moe {
     /// the optimizer step. Errors when `out` comes from a layer with another expert count.
     pub fn update_balancer(mut self, out: &MoeOutput) -> Result<Self> {
         let m = self.config.num_experts;
-        let theirs = out.routing.requested_counts.len();
-        let state_len = out.balancer_state.as_ref().map_or(m, Vec::len);
+        let theirs = out.routing.device.admitted.dims()[1];
+        let state_len = out.balancer_state.as_ref().map_or(m, |s| s.dims()[0]);
         if theirs != m || state_len != m {
             return Err(MoeError::Input(format!(
                 "update_balancer: the output comes from a layer with {} experts, this layer has \
@@ -162,9 +167,8 @@ impl Moe {
             )));
         }
         if let Some(state) = &out.balancer_state {
-            let device = self.balancer_state.lazy_device();
-            let value = Tensor::from_data(TensorData::new(state.clone(), [state.len()]), &device);
-            self.balancer_state = self.balancer_state.map(|_| value.set_require_grad(false));
+            let value = state.clone().detach().set_require_grad(false);
+            self.balancer_state = self.balancer_state.map(|_| value);
         }
         Ok(self)
     }
@@ -184,16 +188,21 @@ impl Moe {
         &self,
         logits: &Tensor<2>,
         scores: &Tensor<2>,
-        plan: &RoutingPlan,
+        indices: Tensor<2, Int>,
         seq_len: usize,
     ) -> Option<Tensor<1>> {
         let scores = scores.clone();
         let aux = match self.config.balancer {
-            BalancerConfig::Aux { alpha } => Some(losses::switch_aux(scores, plan, alpha)),
-            BalancerConfig::GShardAux { alpha } => {
-                Some(losses::gshard_aux(scores, plan, self.config.groups, alpha))
+            BalancerConfig::Aux { alpha } => Some(losses::switch_aux(scores, indices, alpha)),
+            BalancerConfig::GShardAux { alpha } => Some(losses::gshard_aux(
+                scores,
+                indices,
+                self.config.groups,
+                alpha,
+            )),
+            BalancerConfig::SeqAux { alpha } => {
+                Some(losses::seq_aux(scores, indices, seq_len, alpha))
             }
-            BalancerConfig::SeqAux { alpha } => Some(losses::seq_aux(scores, plan, seq_len, alpha)),
             _ => None,
         };
         let z = (self.config.z_loss_weight > 0.0)
@@ -205,20 +214,12 @@ impl Moe {
     }
 
     /// Gate weights `[tokens, k]` of the chosen experts, taken from the device scores so the
-    /// router gets gradients; normalised over the chosen experts when configured (always for
+    /// router gets gradients (a token whose index is -1, a non-finite logit, reads expert 0); normalised over the chosen experts when configured (always for
     /// GShard random routing, whose rule is stated on normalised gates), then multiplied by
     /// `routed_scaling_factor`.
-    fn gates(
-        &self,
-        scores: Tensor<2>,
-        choices: &[u32],
-        tokens: usize,
-        device: &Device,
-    ) -> Tensor<2> {
-        let k = self.config.top_k;
-        let index: Vec<i64> = choices.iter().map(|&c| c as i64).collect();
-        let index = Tensor::<2, Int>::from_data(TensorData::new(index, [tokens, k]), device);
-        let mut gates = scores.gather(1, index);
+    fn gates(&self, scores: Tensor<2>, indices: Tensor<2, Int>) -> Tensor<2> {
+        let m = self.config.num_experts as i64;
+        let mut gates = scores.gather(1, indices.clamp(0, m - 1));
         if self.config.normalize_gates || self.config.random_routing {
             gates = gates.clone() / gates.sum_dim(1);
         }

@@ -11,10 +11,10 @@ mod readback;
 mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
-pub use dispatcher::TokenDispatcher;
+pub use dispatcher::{DeviceRouting, TokenDispatcher};
 pub use experts::ExpertFfn;
 pub use layer::Moe;
-pub use output::MoeOutput;
+pub use output::{HostRouting, MoeOutput, Routing};
 pub(crate) use readback::count_read;
 pub use readback::host_reads;
 pub use router::Router;

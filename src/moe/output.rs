@@ -1,8 +1,14 @@
-//! [`MoeOutput`]: the layer output plus the routing facts of the call.
+//! [`MoeOutput`]: the layer output plus the routing of the call, which stays on the device
+//! until asked for ([`Routing::host`]).
 
-use burn::tensor::Tensor;
+use std::sync::OnceLock;
 
-use crate::routing::RoutingPlan;
+use burn::tensor::{Int, Tensor, Transaction};
+
+use crate::error::{MoeError, Result};
+use crate::moe::DeviceRouting;
+use crate::moe::router::{check_finite, read_as, read_f32};
+use crate::routing::{RoutingPlan, RoutingRule, plan_from_positions};
 
 /// Result of [`Moe::forward`](crate::moe::Moe::forward).
 #[derive(Debug, Clone)]
@@ -19,33 +25,126 @@ pub struct MoeOutput {
     /// Gate weight of each chosen expert `[tokens, top_k]`, rank 0 first: the raw score, or the
     /// score normalised over the chosen experts. Carries gradients to the router.
     pub gates: Tensor<2>,
-    /// Every routing decision of the call (chosen experts, drops, counts), on the host.
-    pub routing: RoutingPlan,
-    /// The `U(0,1)` draw of each token used by GShard random routing (training only).
-    pub second_expert_draws: Option<Vec<f32>>,
+    /// Every routing decision of the call, on the device; [`Routing::host`] reads it back.
+    pub routing: Routing,
     /// The weighted balancing loss (aux loss of the configured kind plus router z-loss), to add
     /// to the training loss; `None` when the layer has no loss term.
     pub balance_loss: Option<Tensor<1>>,
-    /// The offset balancer's state after this training batch; apply it with
-    /// [`Moe::update_balancer`](crate::moe::Moe::update_balancer). `None` in eval mode.
-    pub balancer_state: Option<Vec<f32>>,
+    /// The offset balancer's state `[experts]` after this training batch, on the device; apply it
+    /// with [`Moe::update_balancer`](crate::moe::Moe::update_balancer). `None` in eval mode.
+    pub balancer_state: Option<Tensor<1>>,
+}
+
+/// The routing of one call on the host: what telemetry, metrics and tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRouting {
+    /// Every routing decision (chosen experts, drops, counts).
+    pub plan: RoutingPlan,
+    /// The `U(0,1)` draw of each token used by GShard random routing (training only).
+    pub draws: Option<Vec<f32>>,
     /// Mean entropy (nats) of the tokens' normalised expert scores.
-    pub router_entropy: f32,
+    pub entropy: f32,
+}
+
+/// A call's routing decisions on the layer's device. Reading them costs one device-to-host
+/// transfer, made the first time [`host`](Self::host) is called and kept after that; the layer
+/// itself never reads them.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// What the dispatcher uses: chosen experts, queue slots, admitted counts.
+    pub device: DeviceRouting,
+    /// `[tokens, k]`: 0 for a 2nd choice GShard's random rule switched off, else 1.
+    pub(crate) used: Tensor<2, Int>,
+    /// `[tokens]` draws of random routing.
+    pub(crate) draws: Option<Tensor<1>>,
+    /// `[1]`: mean entropy of the normalised scores.
+    pub(crate) entropy: Tensor<1>,
+    /// The logits, for the exact report of a non-finite one.
+    pub(crate) logits: Tensor<2>,
+    pub(crate) rule: RoutingRule,
+    pub(crate) experts: usize,
+    pub(crate) host: OnceLock<HostRouting>,
+}
+
+impl Routing {
+    /// The routing on the host, read back on the first call (one transfer).
+    ///
+    /// # Errors
+    /// [`MoeError::NonFinite`] when a token's router logits were NaN or infinite (such a token
+    /// is routed nowhere and its output is not meaningful); a failed device read.
+    pub fn host(&self) -> Result<&HostRouting> {
+        if let Some(host) = self.host.get() {
+            return Ok(host);
+        }
+        let host = self.read()?;
+        Ok(self.host.get_or_init(|| host))
+    }
+
+    /// The routing plan on the host (see [`host`](Self::host)).
+    pub fn plan(&self) -> Result<&RoutingPlan> {
+        self.host().map(|h| &h.plan)
+    }
+
+    fn read(&self) -> Result<HostRouting> {
+        let mut transaction = Transaction::default()
+            .register(self.device.indices.clone())
+            .register(self.used.clone())
+            .register(self.device.slots.clone())
+            .register(self.entropy.clone());
+        if let Some(d) = &self.draws {
+            transaction = transaction.register(d.clone());
+        }
+        crate::moe::count_read();
+        let mut data = transaction
+            .try_execute()
+            .map_err(|e| MoeError::Backend(format!("routing read-back failed: {e:?}")))?
+            .into_iter();
+        let indices = read_as::<i64>(data.next())?;
+        let used = read_as::<i64>(data.next())?;
+        let slots = read_as::<i64>(data.next())?;
+        let entropy = read_f32(data.next())?.first().copied().unwrap_or(0.0);
+        let draws = self
+            .draws
+            .as_ref()
+            .map(|_| read_f32(data.next()))
+            .transpose()?;
+        if indices.iter().any(|&i| i < 0) {
+            // A token had a non-finite logit: read the logits for the exact report.
+            crate::moe::count_read();
+            let host = read_f32(Some(self.logits.clone().into_data()))?;
+            check_finite(&host, self.experts)?;
+            return Err(MoeError::Backend(
+                "routing kernels flagged a non-finite logit the host did not find".into(),
+            ));
+        }
+        let plan = plan_from_positions(
+            self.experts,
+            &self.rule,
+            indices.iter().map(|&i| i as u32).collect(),
+            used.iter().map(|&u| u != 0).collect(),
+            &slots,
+        )?;
+        Ok(HostRouting {
+            plan,
+            draws,
+            entropy,
+        })
+    }
 }
 
 impl MoeOutput {
-    /// Tokens each expert was asked to take (before capacity).
-    pub fn requested_counts(&self) -> &[usize] {
-        &self.routing.requested_counts
+    /// Tokens each expert was asked to take (before capacity); reads the routing back.
+    pub fn requested_counts(&self) -> Result<&[usize]> {
+        Ok(&self.routing.plan()?.requested_counts)
     }
 
-    /// Tokens each expert computed (after capacity).
-    pub fn computed_counts(&self) -> &[usize] {
-        &self.routing.computed_counts
+    /// Tokens each expert computed (after capacity); reads the routing back.
+    pub fn computed_counts(&self) -> Result<&[usize]> {
+        Ok(&self.routing.plan()?.computed_counts)
     }
 
-    /// Tokens none of whose experts computed them.
-    pub fn dropped_tokens(&self) -> usize {
-        self.routing.dropped_tokens
+    /// Tokens none of whose experts computed them; reads the routing back.
+    pub fn dropped_tokens(&self) -> Result<usize> {
+        Ok(self.routing.plan()?.dropped_tokens)
     }
 }

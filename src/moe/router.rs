@@ -3,13 +3,15 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{sigmoid, softmax, softplus};
-use burn::tensor::{Device, Distribution, Tensor, Transaction};
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData, Transaction};
 
 use crate::balance::{BatchShape, offset_before_routing, state_after_routing};
 use crate::error::{MoeError, Result};
-use crate::moe::{MoeConfig, ScoreFunction};
+use crate::moe::{DeviceRouting, HostRouting, MoeConfig, Routing, ScoreFunction};
 use crate::routing::scores::scores_from_logits;
-use crate::routing::{RoutingPlan, RoutingRule, plan_routing};
+use crate::routing::{RoutingRule, plan_routing};
 
 /// Router weights: `W_g` (`[d_model, experts]`, no bias) and, for noisy top-k, `W_noise`.
 #[derive(Module, Debug)]
@@ -24,12 +26,9 @@ pub struct Router {
 pub(crate) struct Routed {
     pub logits: Tensor<2>,
     pub scores: Tensor<2>,
-    pub plan: RoutingPlan,
-    pub draws: Option<Vec<f32>>,
+    pub routing: Routing,
     /// The offset balancer's new state (training only).
-    pub new_state: Option<Vec<f32>>,
-    /// Mean router entropy over the tokens.
-    pub entropy: f32,
+    pub new_state: Option<Tensor<1>>,
 }
 
 impl Router {
@@ -97,7 +96,10 @@ impl Router {
             .map_err(|e| MoeError::Backend(format!("router read-back failed: {e:?}")))?
             .into_iter();
         let host_logits = read_f32(data.next())?;
-        let draws = draws_tensor.map(|_| read_f32(data.next())).transpose()?;
+        let draws = draws_tensor
+            .as_ref()
+            .map(|_| read_f32(data.next()))
+            .transpose()?;
         let state = state.map(|_| read_f32(data.next())).transpose()?;
         check_finite(&host_logits, experts)?;
 
@@ -141,13 +143,30 @@ impl Router {
             ScoreFunction::Softmax => softmax(logits.clone(), 1),
             ScoreFunction::Sigmoid => sigmoid(logits.clone()),
         };
+        let device = logits.device();
+        let used = plan.used.iter().map(|&u| u as i64).collect();
+        let entropy = mean_entropy(&host_scores, experts);
+        let routing = Routing {
+            device: DeviceRouting::from_plan(&plan, config.groups, &device),
+            used: Tensor::from_data(TensorData::new(used, [tokens, config.top_k]), &device),
+            draws: draws_tensor,
+            entropy: Tensor::from_data(TensorData::new(vec![entropy], [1]), &device),
+            logits: logits.clone(),
+            rule,
+            experts,
+            host: OnceLock::from(HostRouting {
+                plan,
+                draws,
+                entropy,
+            }),
+        };
+        let new_state =
+            new_state.map(|s| Tensor::from_data(TensorData::new(s, [experts]), &device));
         Ok(Routed {
             logits,
             scores,
-            plan,
-            draws,
+            routing,
             new_state,
-            entropy: mean_entropy(&host_scores, experts),
         })
     }
 }

@@ -91,10 +91,11 @@ pub fn evaluate(
         loss_sum += ce * (rows * cols) as f64;
         tokens += rows * cols;
         for (l, m) in out.moe.iter().enumerate() {
-            trackers[l].record(&m.routing.requested_counts);
-            asked[l] += m.routing.requested_counts.iter().sum::<usize>();
-            dropped[l] += m.routing.dropped_assignments();
-            batch_loads[l].push(m.routing.requested_counts.clone());
+            let plan = m.routing.plan()?;
+            trackers[l].record(&plan.requested_counts);
+            asked[l] += plan.requested_counts.iter().sum::<usize>();
+            dropped[l] += plan.dropped_assignments();
+            batch_loads[l].push(plan.requested_counts.clone());
         }
     }
     let loss = loss_sum / tokens.max(1) as f64;

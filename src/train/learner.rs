@@ -18,7 +18,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
-use burn::tensor::{Device, ExecutionError, Tensor, TensorData};
+use burn::tensor::{Device, ExecutionError, Tensor};
 use burn_train::metric::state::{FormatOptions, NumericMetricState};
 use burn_train::metric::{
     Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric,
@@ -234,7 +234,12 @@ impl MoeLm {
             Some(b) => (ce.clone() + b.clone(), b.into_scalar::<f32>() as f64),
             None => (ce.clone(), 0.0),
         };
-        let layers: Vec<BalanceMetrics> = out.moe.iter().map(BalanceMetrics::from_output).collect();
+        let layers: Vec<BalanceMetrics> = out
+            .moe
+            .iter()
+            .map(BalanceMetrics::from_output)
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("reading the MoE routing failed: {e}"));
         let item = MoeStepOutput {
             loss: ce,
             moe: MoeMetricInput {
@@ -257,10 +262,7 @@ impl TrainStep for MoeLm {
         for (moe, out) in self.moe_layers().zip(&outputs) {
             if let Some(state) = &out.balancer_state {
                 let old = moe.balancer_state.val();
-                let new = Tensor::<1>::from_data(
-                    TensorData::new(state.clone(), [state.len()]),
-                    &old.device(),
-                );
+                let new = state.clone().detach();
                 grads.register(moe.balancer_state.id, (new - old).inner());
             }
         }
@@ -378,7 +380,10 @@ mod tests {
             .unwrap()
             .moe
             .into_iter()
-            .map(|o| o.balancer_state.unwrap())
+            .map(|o| {
+                let state = o.balancer_state.unwrap();
+                state.into_data().try_into_vec_as::<f32>().unwrap()
+            })
             .collect();
         let mut optim = AdamWConfig::new().init();
         let lr = ModuleLearningRate::from(1e-3);

@@ -259,17 +259,22 @@ pub fn train(
         model = optim.step(lr, model, grads);
         model = model.update_balancers(&out.moe)?;
 
+        // The step's one read of each layer's routing: counts for the trace and the progress
+        // line (and the report of a non-finite router logit).
         let records: Vec<TraceRecord> = out
             .moe
             .iter()
             .enumerate()
-            .map(|(layer, m)| TraceRecord {
-                step,
-                layer,
-                requested: m.routing.requested_counts.clone(),
-                computed: m.routing.computed_counts.clone(),
+            .map(|(layer, m)| {
+                let plan = m.routing.plan()?;
+                Ok(TraceRecord {
+                    step,
+                    layer,
+                    requested: plan.requested_counts.clone(),
+                    computed: plan.computed_counts.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         trace.write_step(&records)?;
         let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
             / records.len().max(1) as f64;
