@@ -48,9 +48,14 @@ fn host_offsets(data: TensorData) -> Vec<usize> {
         .collect()
 }
 
-/// A flex float tensor as a contiguous `f32` slice holder.
-fn contiguous_f32(t: FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "grouped matmul: f32 tensors only");
+/// A flex float tensor whose values `as_slice` reads without a copy (a contiguous one is
+/// returned as it is, shared or not).
+pub(super) fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "burn-moe CPU kernels: f32 tensors only"
+    );
     if t.as_slice::<f32>().is_some() {
         t
     } else {

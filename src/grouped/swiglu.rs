@@ -10,12 +10,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, NdArray, backend_extension};
 use burn::tensor::TensorData;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use super::op::contiguous_f32;
 
 /// Values per rayon task.
 const CHUNK: usize = 16 * 1024;
@@ -103,8 +106,7 @@ pub trait SwiGlu: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Host values of CPU tensors, in their shape (a contiguous tensor is read without a copy
-/// where the backend allows it; these are host-memory backends either way).
+/// Host values of an ndarray tensor, in their shape.
 fn values<B: Backend>(t: FloatTensor<B>) -> TensorData {
     pollster::block_on(B::float_into_data(t))
         .expect("reading a CPU tensor cannot fail")
@@ -142,18 +144,33 @@ fn cpu_swiglu_backward<B: Backend>(
     )
 }
 
+/// Flex reads its tensors in place: the saved activations are shared with the autodiff graph,
+/// and going through `TensorData` would copy them.
 impl SwiGlu for Flex {
-    fn swiglu(a: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
-        cpu_swiglu::<Self>(a, u)
+    fn swiglu(a: FlexTensor, u: FlexTensor) -> FlexTensor {
+        let (a, u) = (contiguous_f32(a), contiguous_f32(u));
+        assert_eq!(
+            a.layout().shape(),
+            u.layout().shape(),
+            "swiglu: the gate and up projections differ in shape"
+        );
+        let h = forward(flex_values(&a), flex_values(&u));
+        FlexTensor::from_data(TensorData::new(h, a.layout().shape().clone()))
     }
 
-    fn swiglu_backward(
-        a: FloatTensor<Self>,
-        u: FloatTensor<Self>,
-        dh: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cpu_swiglu_backward::<Self>(a, u, dh)
+    fn swiglu_backward(a: FlexTensor, u: FlexTensor, dh: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let (a, u, dh) = (contiguous_f32(a), contiguous_f32(u), contiguous_f32(dh));
+        let (da, du) = backward(flex_values(&a), flex_values(&u), flex_values(&dh));
+        let shape = a.layout().shape().clone();
+        (
+            FlexTensor::from_data(TensorData::new(da, shape.clone())),
+            FlexTensor::from_data(TensorData::new(du, shape)),
+        )
     }
+}
+
+fn flex_values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 impl SwiGlu for NdArray {
