@@ -1,7 +1,7 @@
 //! The grouped matmul through Burn tensor ops: each group's rows gathered into a block of
-//! `max_rows` slots, one batched matmul over the blocks, the results put back in place. What
-//! runs on wgpu until a grouped GEMM kernel replaces it; it runs on any backend, and Burn's
-//! autodiff gives its gradients (the weight gradient comes out of the batched matmul whole).
+//! `max_rows` slots, one batched computation over the blocks, the results put back in place.
+//! What runs on wgpu until a grouped GEMM kernel replaces it; it runs on any backend, and Burn's
+//! autodiff gives its gradients (a weight gradient comes out of the batched matmul whole).
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
@@ -11,8 +11,20 @@ use super::GroupOffsets;
 
 /// See [`super::grouped_matmul`].
 pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tensor<2> {
+    in_blocks(x, groups, |blocks| blocks.matmul(w))
+}
+
+/// Gathers each group's rows into a block of [`block_rows`] slots, runs `f` on the blocks
+/// `[groups, slots, k] -> [groups, slots, n]` (row by row: what `f` makes of the empty slots,
+/// which hold zero rows, is discarded), and puts each row's result back in place; rows past the
+/// last group come out zero. One gather and one scatter, whatever `f` computes.
+pub fn in_blocks(
+    x: Tensor<2>,
+    groups: &GroupOffsets,
+    f: impl FnOnce(Tensor<3>) -> Tensor<3>,
+) -> Tensor<2> {
     let [rows, k] = x.dims();
-    let [m, _, n] = w.dims();
+    let m = groups.offsets.dims()[0] - 1;
     let slots = block_rows(groups);
     let device = x.device();
     let starts = groups.offsets.clone().narrow(0, 0, m).unsqueeze_dim::<2>(1);
@@ -23,13 +35,15 @@ pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tens
     // Empty slots read, and write to, one extra zero row past the last.
     let index = row.mask_fill(empty, rows as i64).reshape([m * slots]);
     let padded = Tensor::cat(vec![x, Tensor::zeros([1, k], &device)], 0);
-    let blocks = padded
-        .select(0, index.clone())
-        .reshape([m, slots, k])
-        .matmul(w)
-        .reshape([m * slots, n]);
+    let blocks = f(padded.select(0, index.clone()).reshape([m, slots, k]));
+    let [_, _, n] = blocks.dims();
     Tensor::<2>::zeros([rows + 1, n], &device)
-        .select_assign(0, index, blocks, IndexingUpdateOp::Add)
+        .select_assign(
+            0,
+            index,
+            blocks.reshape([m * slots, n]),
+            IndexingUpdateOp::Add,
+        )
         .narrow(0, 0, rows)
 }
 

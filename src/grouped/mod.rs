@@ -4,7 +4,8 @@
 //! - flex and ndarray: a backend extension ([`GroupedMatmul`]) on `gemm`, threads over blocks
 //!   of rows, with its own backward (`dX` through the transposed weights, `dW` one product per
 //!   expert; never a slice of the stacked weights, never a full-size zero gradient per expert).
-//! - wgpu: [`portable::grouped_matmul`], capacity-sized blocks through one batched matmul.
+//! - wgpu: [`portable::grouped_matmul`], capacity-sized blocks through one batched matmul
+//!   ([`portable::in_blocks`] runs a whole expert FFN on the blocks with one gather and scatter).
 //!
 //! [`swiglu`] is the experts' activation in one pass over memory on the CPU backends.
 
@@ -16,7 +17,7 @@ mod swiglu;
 
 /// The tensor-op implementation (wgpu's today; runs on any backend).
 pub mod portable {
-    pub use super::blocks::grouped_matmul;
+    pub use super::blocks::{grouped_matmul, in_blocks};
 }
 
 pub use op::GroupedMatmul;
