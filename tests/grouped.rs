@@ -7,7 +7,8 @@ mod common;
 
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_moe::grouped::{GroupOffsets, grouped_matmul, portable, swiglu};
+use burn_moe::grouped::{GroupOffsets, grouped_matmul, grouped_swiglu_ffn, portable, swiglu};
+use burn_moe::kernels::is_gpu;
 use common::*;
 
 const ATOL: f32 = 1e-5;
@@ -228,6 +229,46 @@ fn swiglu_matches_tensor_ops_with_gradients() {
                 &format!("{kind:?} swiglu {part}"),
                 &fused[i],
                 &plain[i],
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}
+
+/// The fused inference FFN against its three grouped matmuls and a tensor-op SwiGLU, on the
+/// CPU backends (it refuses wgpu).
+#[test]
+fn fused_inference_ffn_matches_the_unfused_form() {
+    for (kind, device) in devices(false).into_iter().filter(|(_, d)| !is_gpu(d)) {
+        for case in cases() {
+            let (d, f, groups) = (case.k, case.n + 3, case.counts.len());
+            let rows = case.counts.iter().sum::<usize>() + case.tail;
+            let t2 = |seed, shape: [usize; 2]| {
+                Tensor::<2>::from_data(
+                    TensorData::new(normal_vec(shape[0] * shape[1], seed), shape),
+                    &device,
+                )
+            };
+            let t3 = |seed, shape: [usize; 3]| {
+                let n = shape.iter().product();
+                Tensor::<3>::from_data(TensorData::new(normal_vec(n, seed), shape), &device)
+            };
+            let x = t2(1, [rows, d]);
+            let (w_in, w_gate, w_out) = (
+                t3(2, [groups, d, f]),
+                t3(3, [groups, d, f]),
+                t3(4, [groups, f, d]),
+            );
+            let g = offsets(&case.counts, &device);
+            let fused =
+                grouped_swiglu_ffn(x.clone(), &g, w_in.clone(), w_gate.clone(), w_out.clone());
+            let hidden = silu(grouped_matmul(x.clone(), &g, w_gate)) * grouped_matmul(x, &g, w_in);
+            let want = reference(hidden, &case.counts, w_out);
+            assert_close(
+                &format!("{kind:?} {}", case.name),
+                &host(fused),
+                &host(want),
                 ATOL,
                 RTOL,
             );

@@ -52,16 +52,58 @@ pub(crate) fn grouped_matmul(
     n: usize,
 ) -> Vec<f32> {
     let rows = x.len() / k.max(1);
-    let groups = offsets.len() - 1;
     check_offsets(offsets, rows);
     assert!(x.len() == rows * k, "grouped matmul: shapes");
-    assert!(
-        groups == 0 || k == 0 || n == 0 || w.last_index(groups, k, n) < w.data.len(),
-        "grouped matmul: weights too short"
-    );
-    // Written in place without zeroing first: each value below is written exactly once.
-    let mut out = Vec::with_capacity(rows * n);
-    let (computed, rest) = out.spare_capacity_mut()[..rows * n].split_at_mut(offsets[groups] * n);
+    w.check(offsets.len() - 1, k, n);
+    by_row_blocks(offsets, rows, n, |g, start, len, block| {
+        // SAFETY: rows `start..start + len` of `x` exist (offsets checked against `rows`), the
+        // weights were checked, and `block` holds `len * n` values.
+        unsafe {
+            gemm_rows(
+                block.as_mut_ptr().cast(),
+                len,
+                n,
+                k,
+                x.as_ptr().add(start * k),
+                w,
+                g,
+            )
+        }
+    })
+}
+
+impl<'a> Stacked<'a> {
+    /// A contiguous `[groups, k, n]` stack.
+    pub(crate) fn dense(data: &'a [f32], k: usize, n: usize) -> Self {
+        Stacked {
+            data,
+            offset: 0,
+            strides: [(k * n) as isize, n as isize, 1],
+        }
+    }
+
+    /// Panics unless a `[groups, k, n]` view fits in the slice.
+    pub(crate) fn check(&self, groups: usize, k: usize, n: usize) {
+        assert!(
+            groups == 0 || k == 0 || n == 0 || self.last_index(groups, k, n) < self.data.len(),
+            "grouped matmul: weights too short"
+        );
+    }
+}
+
+/// A `[total, n]` output computed block by block in parallel: `fill(g, start, len, block)`
+/// must write all `len * n` values of the block of rows `start..start + len` of group `g`;
+/// rows past the last group are zero. No value is zero-filled first.
+pub(crate) fn by_row_blocks(
+    offsets: &[usize],
+    total: usize,
+    n: usize,
+    fill: impl Fn(usize, usize, usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let groups = offsets.len() - 1;
+    let rows = offsets[groups];
+    let mut out = Vec::with_capacity(total * n);
+    let (computed, rest) = out.spare_capacity_mut()[..total * n].split_at_mut(rows * n);
     rest.fill(MaybeUninit::new(0.0));
     let mut tasks = Vec::new();
     let mut remaining = computed;
@@ -75,42 +117,58 @@ pub(crate) fn grouped_matmul(
             start += len;
         }
     }
-    tasks.into_par_iter().for_each(|(g, start, len, block)| {
-        if k == 0 {
-            block.fill(MaybeUninit::new(0.0));
-            return;
-        }
-        let [gs, rs, cs] = w.strides;
-        // SAFETY: the lhs rows `start..start + len` lie inside `x` (checked above), the weight
-        // block is inside `w.data` (last_index), and `block` holds exactly `len * n` values.
-        unsafe {
-            gemm::gemm(
-                len,
-                n,
-                k,
-                block.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr().add(start * k),
-                1,
-                k as isize,
-                w.data.as_ptr().add(w.offset + g * gs as usize),
-                cs,
-                rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    });
-    // SAFETY: the tail rows were zero-filled and every block of computed rows was written by
-    // `gemm` (read_dst = false overwrites all `len * n` values; k = 0 blocks were zero-filled).
-    unsafe { out.set_len(rows * n) };
+    tasks
+        .into_par_iter()
+        .for_each(|(g, start, len, block)| fill(g, start, len, block));
+    // SAFETY: the tail rows were zero-filled and `fill` wrote every block of computed rows.
+    unsafe { out.set_len(total * n) };
     out
+}
+
+/// `out [len, n] = lhs [len, k] (row stride k) @ w[g]`, overwriting `out` (k = 0: zeros).
+///
+/// # Safety
+/// `out` must hold `len * n` values, `lhs` `len` rows of `k`, and `w` a checked view with group
+/// `g`.
+pub(crate) unsafe fn gemm_rows(
+    out: *mut f32,
+    len: usize,
+    n: usize,
+    k: usize,
+    lhs: *const f32,
+    w: Stacked<'_>,
+    g: usize,
+) {
+    if k == 0 {
+        // SAFETY: the caller guarantees `len * n` values behind `out`.
+        unsafe { std::slice::from_raw_parts_mut(out, len * n).fill(0.0) };
+        return;
+    }
+    let [gs, rs, cs] = w.strides;
+    // SAFETY: as the caller guarantees; `read_dst = false` overwrites every value of `out`.
+    unsafe {
+        gemm::gemm(
+            len,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            false,
+            lhs,
+            1,
+            k as isize,
+            w.data.as_ptr().add(w.offset + g * gs as usize),
+            cs,
+            rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `dw[g] = x_g^T @ dy_g` over each group's rows: the weight gradient of [`grouped_matmul`].

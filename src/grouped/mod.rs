@@ -12,6 +12,7 @@
 mod blocks;
 pub(crate) use blocks::block_rows;
 mod cpu;
+mod ffn;
 mod op;
 mod swiglu;
 
@@ -65,5 +66,36 @@ pub fn swiglu<const D: usize>(a: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as SwiGlu>::swiglu(
         a.into_dispatch(),
         u.into_dispatch(),
+    ))
+}
+
+/// The SwiGLU expert FFN `(silu(x w_gate[g]) * (x w_in[g])) w_out[g]` for each row of group
+/// `g`, for inference on the CPU backends: one pass per block of rows, its `[rows, d_ff]`
+/// intermediates kept in cache. Training uses [`grouped_matmul`] and [`swiglu`] (they save what
+/// the backward pass needs).
+///
+/// # Shapes
+/// - x: `[rows, d]`, rows sorted by group; w_in, w_gate: `[groups, d, f]`; w_out: `[groups, f, d]`
+/// - output: `[rows, d]`
+///
+/// # Panics
+/// On wgpu devices, and when an input needs a gradient.
+pub fn grouped_swiglu_ffn(
+    x: Tensor<2>,
+    groups: &GroupOffsets,
+    w_in: Tensor<3>,
+    w_gate: Tensor<3>,
+    w_out: Tensor<3>,
+) -> Tensor<2> {
+    assert!(
+        !crate::kernels::is_gpu(&x.device()),
+        "grouped_swiglu_ffn runs on the CPU backends"
+    );
+    Tensor::from_dispatch(<Dispatch as GroupedMatmul>::grouped_swiglu_ffn(
+        x.into_dispatch(),
+        groups.offsets.clone().into_dispatch(),
+        w_in.into_dispatch(),
+        w_gate.into_dispatch(),
+        w_out.into_dispatch(),
     ))
 }

@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Backend, Flex, NdArray, backend_extension};
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::cpu::{self, Stacked};
+use super::ffn;
 
 /// The grouped matmul and its weight gradient as backend operations.
 #[backend_extension(Flex, NdArray, Autodiff)]
@@ -35,6 +36,17 @@ pub trait GroupedMatmul: Backend {
         x: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         offsets: IntTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The SwiGLU expert FFN for inference, fused per block of rows: `x [rows, d]`,
+    /// `offsets [groups + 1]`, `w_in`, `w_gate` `[groups, d, f]`, `w_out [groups, f, d]` ->
+    /// `[rows, d]`. Not differentiable: the autodiff backend refuses inputs that need a gradient.
+    fn grouped_swiglu_ffn(
+        x: FloatTensor<Self>,
+        offsets: IntTensor<Self>,
+        w_in: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_out: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -67,6 +79,20 @@ fn dims<const D: usize>(shape: &Shape) -> [usize; D] {
     shape.dims::<D>()
 }
 
+/// A stacked `[groups, k, n]` flex weight read in place (any non-negative strides).
+fn flex_stacked(w: &FlexTensor) -> Stacked<'_> {
+    let strides = w.layout().strides();
+    assert!(
+        strides.len() == 3 && strides.iter().all(|&s| s >= 0),
+        "grouped matmul: weights must be [groups, k, n] with non-negative strides"
+    );
+    Stacked {
+        data: w.storage::<f32>(),
+        offset: w.layout().start_offset(),
+        strides: [strides[0], strides[1], strides[2]],
+    }
+}
+
 impl GroupedMatmul for Flex {
     fn grouped_matmul(x: FlexTensor, offsets: FlexTensor, w: FlexTensor) -> FlexTensor {
         let x = contiguous_f32(x);
@@ -82,19 +108,26 @@ impl GroupedMatmul for Flex {
             groups + 1,
             "grouped matmul: one offset per group + 1"
         );
-        assert!(
-            w.layout().strides().iter().all(|&s| s >= 0),
-            "grouped matmul: negative weight strides"
-        );
-        let strides = w.layout().strides();
-        let stacked = Stacked {
-            data: w.storage::<f32>(),
-            offset: w.layout().start_offset(),
-            strides: [strides[0], strides[1], strides[2]],
-        };
         let x_values = x.as_slice::<f32>().expect("contiguous");
-        let out = cpu::grouped_matmul(x_values, k, &offsets, stacked, n);
+        let out = cpu::grouped_matmul(x_values, k, &offsets, flex_stacked(&w), n);
         FlexTensor::from_data(TensorData::new(out, [rows, n]))
+    }
+
+    fn grouped_swiglu_ffn(
+        x: FlexTensor,
+        offsets: FlexTensor,
+        w_in: FlexTensor,
+        w_gate: FlexTensor,
+        w_out: FlexTensor,
+    ) -> FlexTensor {
+        let x = contiguous_f32(x);
+        let [rows, d] = dims::<2>(x.layout().shape());
+        let [_, _, f] = dims::<3>(w_in.layout().shape());
+        let offsets = host_offsets(offsets.into_data());
+        let weights = [&w_in, &w_gate, &w_out].map(flex_stacked);
+        let x_values = x.as_slice::<f32>().expect("contiguous");
+        let out = ffn::grouped_swiglu_ffn(x_values, d, &offsets, weights, f);
+        FlexTensor::from_data(TensorData::new(out, [rows, d]))
     }
 
     fn grouped_matmul_weight_grad(
@@ -137,12 +170,7 @@ impl GroupedMatmul for NdArray {
             "grouped matmul: one offset per group + 1"
         );
         let (x, w) = (f32_values(x), f32_values(w));
-        let stacked = Stacked {
-            data: &w,
-            offset: 0,
-            strides: [(k * n) as isize, n as isize, 1],
-        };
-        let out = cpu::grouped_matmul(&x, k, &offsets, stacked, n);
+        let out = cpu::grouped_matmul(&x, k, &offsets, Stacked::dense(&w, k, n), n);
         Self::float_from_data(TensorData::new(out, [rows, n]), &Default::default())
     }
 
@@ -159,6 +187,28 @@ impl GroupedMatmul for NdArray {
         let groups = offsets.len() - 1;
         let dw = cpu::grouped_weight_grad(&f32_values(x), k, &f32_values(dy), n, &offsets);
         Self::float_from_data(TensorData::new(dw, [groups, k, n]), &Default::default())
+    }
+
+    fn grouped_swiglu_ffn(
+        x: FloatTensor<Self>,
+        offsets: IntTensor<Self>,
+        w_in: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_out: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let x = read(Self::float_into_data(x));
+        let offsets = host_offsets(read(Self::int_into_data(offsets)));
+        let [rows, d] = x.shape().dims::<2>();
+        let [w_in, w_gate, w_out] = [w_in, w_gate, w_out].map(|w| read(Self::float_into_data(w)));
+        let f = w_in.shape().dims::<3>()[2];
+        let (w_in, w_gate, w_out) = (f32_values(w_in), f32_values(w_gate), f32_values(w_out));
+        let weights = [
+            Stacked::dense(&w_in, d, f),
+            Stacked::dense(&w_gate, d, f),
+            Stacked::dense(&w_out, f, d),
+        ];
+        let out = ffn::grouped_swiglu_ffn(&f32_values(x), d, &offsets, weights, f);
+        Self::float_from_data(TensorData::new(out, [rows, d]), &Default::default())
     }
 }
 
@@ -227,6 +277,22 @@ impl<B: GroupedMatmul, C: CheckpointStrategy> GroupedMatmul for Autodiff<B, C> {
                 w.into_primitive(),
             )),
         }
+    }
+
+    fn grouped_swiglu_ffn(
+        x: FloatTensor<Self>,
+        offsets: IntTensor<Self>,
+        w_in: FloatTensor<Self>,
+        w_gate: FloatTensor<Self>,
+        w_out: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        use burn::backend::AutodiffBackend;
+        assert!(
+            [&x, &w_in, &w_gate, &w_out].iter().all(|t| !t.is_tracked()),
+            "grouped_swiglu_ffn is for inference: its inputs must not need gradients"
+        );
+        let [x, w_in, w_gate, w_out] = [x, w_in, w_gate, w_out].map(|t| t.into_primitive());
+        Self::from_inner(B::grouped_swiglu_ffn(x, offsets, w_in, w_gate, w_out))
     }
 
     fn grouped_matmul_weight_grad(

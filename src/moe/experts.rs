@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::grouped::{GroupOffsets, grouped_matmul, portable, swiglu};
+use crate::grouped::{GroupOffsets, grouped_matmul, grouped_swiglu_ffn, portable, swiglu};
 use crate::moe::ExpertActivation;
 
 /// `e` independent FFNs `d_model -> d_ff -> d_model` (no biases), weights stacked on dim 0.
@@ -86,6 +86,9 @@ impl ExpertFfn {
             // Until a grouped GEMM kernel exists: the experts as one batched FFN over
             // capacity-sized blocks, one gather and one scatter for the whole FFN.
             return portable::in_blocks(x, groups, |blocks| self.forward(blocks));
+        }
+        if let (Some(gate), false) = (&self.w_gate, x.device().is_autodiff()) {
+            return grouped_swiglu_ffn(x, groups, self.w_in.val(), gate.val(), self.w_out.val());
         }
         let up = grouped_matmul(x.clone(), groups, self.w_in.val());
         let hidden = match &self.w_gate {
