@@ -14,7 +14,8 @@ pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tens
     in_blocks(x, groups, |blocks| blocks.matmul(w))
 }
 
-/// Gathers each group's rows into a block of [`block_rows`] slots, runs `f` on the blocks
+/// Gathers each group's rows into a block of `max_rows` slots (read back once when it is
+/// `None`: the largest group, rounded up to a coarse bucket), runs `f` on the blocks
 /// `[groups, slots, k] -> [groups, slots, n]` (row by row: what `f` makes of the empty slots,
 /// which hold zero rows, is discarded), and puts each row's result back in place; rows past the
 /// last group come out zero. One gather and one scatter, whatever `f` computes.
