@@ -6,11 +6,18 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// Rows of one `gemm` call in the forward pass: enough to amortise packing the weight block,
-/// small enough that a few experts still give every thread work.
-const ROW_BLOCK: usize = 256;
-/// Weight rows of one `gemm` call in the weight gradient.
+/// Fewest rows of one `gemm` call in the forward pass, enough to amortise packing the weight
+/// block (the fused FFN uses exactly this many, to keep its intermediates in cache).
+pub(crate) const ROW_BLOCK: usize = 256;
+/// Fewest weight rows of one `gemm` call in the weight gradient.
 const WEIGHT_ROW_BLOCK: usize = 64;
+
+/// Rows (or weight rows) per task when a product of `total` rows is split for the thread pool:
+/// about four tasks per thread, at least `min` (each task packs its weight block once, so fewer,
+/// larger tasks pack less).
+fn block_for(total: usize, min: usize) -> usize {
+    total.div_ceil(4 * rayon::current_num_threads()).max(min)
+}
 
 /// A stack of `[k, n]` matrices in a slice: element `(g, i, j)` sits at
 /// `offset + g * group + i * row + j * col`. A transposed view just swaps `row` and `col`.
@@ -55,7 +62,8 @@ pub(crate) fn grouped_matmul(
     check_offsets(offsets, rows);
     assert!(x.len() == rows * k, "grouped matmul: shapes");
     w.check(offsets.len() - 1, k, n);
-    by_row_blocks(offsets, rows, n, |g, start, len, block| {
+    let block_rows = block_for(offsets[offsets.len() - 1], ROW_BLOCK);
+    by_row_blocks(offsets, rows, n, block_rows, |g, start, len, block| {
         // SAFETY: rows `start..start + len` of `x` exist (offsets checked against `rows`), the
         // weights were checked, and `block` holds `len * n` values.
         unsafe {
@@ -91,13 +99,15 @@ impl<'a> Stacked<'a> {
     }
 }
 
-/// A `[total, n]` output computed block by block in parallel: `fill(g, start, len, block)`
-/// must write all `len * n` values of the block of rows `start..start + len` of group `g`;
-/// rows past the last group are zero. No value is zero-filled first.
+/// A `[total, n]` output computed in parallel blocks of at most `block_rows` rows of one
+/// group: `fill(g, start, len, block)` must write all `len * n` values of the block of rows
+/// `start..start + len` of group `g`; rows past the last group are zero. No value is
+/// zero-filled first.
 pub(crate) fn by_row_blocks(
     offsets: &[usize],
     total: usize,
     n: usize,
+    block_rows: usize,
     fill: impl Fn(usize, usize, usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let groups = offsets.len() - 1;
@@ -110,7 +120,7 @@ pub(crate) fn by_row_blocks(
     for g in 0..groups {
         let mut start = offsets[g];
         while start < offsets[g + 1] {
-            let len = ROW_BLOCK.min(offsets[g + 1] - start);
+            let len = block_rows.min(offsets[g + 1] - start);
             let (block, tail) = remaining.split_at_mut(len * n);
             tasks.push((g, start, len, block));
             remaining = tail;
@@ -189,13 +199,17 @@ pub(crate) fn grouped_weight_grad(
         x.len() == rows * k && dy.len() == rows * n,
         "grouped weight gradient: shapes"
     );
+    // Weight-row blocks: each task packs its group's whole `dy` block, so split a group only as
+    // far as the thread pool needs.
+    let busy = offsets.windows(2).filter(|w| w[1] > w[0]).count().max(1);
+    let weight_rows = block_for(k * busy, WEIGHT_ROW_BLOCK.min(k.max(1))).min(k.max(1));
     let mut dw = Vec::with_capacity(groups * k * n);
     let mut tasks = Vec::new();
     let mut remaining = &mut dw.spare_capacity_mut()[..groups * k * n];
     for g in 0..groups {
         let mut i = 0;
         while i < k {
-            let len = WEIGHT_ROW_BLOCK.min(k - i);
+            let len = weight_rows.min(k - i);
             let (block, tail) = remaining.split_at_mut(len * n);
             tasks.push((g, i, len, block));
             remaining = tail;

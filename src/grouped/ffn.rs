@@ -3,7 +3,7 @@
 //! so the `[rows, d_ff]` intermediates never go to memory. Training keeps the three grouped
 //! matmuls (their activations are saved for the backward pass anyway).
 
-use super::cpu::{Stacked, by_row_blocks, check_offsets, gemm_rows};
+use super::cpu::{ROW_BLOCK, Stacked, by_row_blocks, check_offsets, gemm_rows};
 use super::swiglu::exp;
 
 /// `y[r] = (silu(x[r] w_gate[g]) * (x[r] w_in[g])) w_out[g]` for each row `r` of group `g`;
@@ -24,7 +24,7 @@ pub(crate) fn grouped_swiglu_ffn(
     w_in.check(groups, d, f);
     w_gate.check(groups, d, f);
     w_out.check(groups, f, d);
-    by_row_blocks(offsets, rows, d, |g, start, len, block| {
+    by_row_blocks(offsets, rows, d, ROW_BLOCK, |g, start, len, block| {
         let mut gate = Vec::with_capacity(len * f);
         let mut up = Vec::with_capacity(len * f);
         // SAFETY: rows `start..start + len` of `x` exist (offsets checked), the weights were
