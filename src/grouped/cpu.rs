@@ -155,10 +155,32 @@ pub(crate) unsafe fn gemm_rows(
         return;
     }
     let [gs, rs, cs] = w.strides;
-    // SAFETY: as the caller guarantees; `read_dst = false` overwrites every value of `out`.
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        gemm_into(
+            out,
+            [len, n, k],
+            (lhs, k as isize, 1),
+            (w.data.as_ptr().add(w.offset + g * gs as usize), rs, cs),
+        )
+    }
+}
+
+/// `out [m, n]` (row-major, contiguous) `= lhs [m, k] @ rhs [k, n]`, each operand given as
+/// `(pointer, row stride, column stride)`; every value of `out` is overwritten.
+///
+/// # Safety
+/// `out` must hold `m * n` values and every strided element of `lhs` and `rhs` must be readable.
+unsafe fn gemm_into(
+    out: *mut f32,
+    [m, n, k]: [usize; 3],
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+) {
+    // SAFETY: as the caller guarantees; `read_dst = false` makes `gemm` overwrite `out`.
     unsafe {
         gemm::gemm(
-            len,
+            m,
             n,
             k,
             out,
@@ -166,11 +188,11 @@ pub(crate) unsafe fn gemm_rows(
             n as isize,
             false,
             lhs,
-            1,
-            k as isize,
-            w.data.as_ptr().add(w.offset + g * gs as usize),
-            cs,
-            rs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
             0.0,
             1.0,
             false,
@@ -226,27 +248,12 @@ pub(crate) fn grouped_weight_grad(
         // b < count, rhs element (b, c) = dy[(start + b) * n + c]: both inside their slices
         // (offsets checked); `block` holds exactly `len * n` values.
         unsafe {
-            gemm::gemm(
-                len,
-                n,
-                count,
-                block.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr().add(start * k + i),
-                k as isize,
-                1,
-                dy.as_ptr().add(start * n),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+            gemm_into(
+                block.as_mut_ptr().cast(),
+                [len, n, count],
+                (x.as_ptr().add(start * k + i), 1, k as isize),
+                (dy.as_ptr().add(start * n), n as isize, 1),
+            )
         }
     });
     // SAFETY: every block of every group was either zero-filled or written whole by `gemm`.

@@ -212,13 +212,14 @@ impl GroupedMatmul for NdArray {
     }
 }
 
-fn read(
+/// An ndarray tensor's data (its tensors live on the host already: no device transfer).
+pub(super) fn read(
     future: impl Future<Output = Result<TensorData, burn::backend::ExecutionError>>,
 ) -> TensorData {
     pollster::block_on(future).expect("reading an ndarray tensor cannot fail")
 }
 
-fn f32_values(data: TensorData) -> Vec<f32> {
+pub(super) fn f32_values(data: TensorData) -> Vec<f32> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 data")

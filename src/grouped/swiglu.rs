@@ -11,6 +11,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, NdArray, backend_extension};
 use burn::tensor::TensorData;
@@ -18,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::op::contiguous_f32;
+use super::op::{contiguous_f32, f32_values, read};
 
 /// Values per rayon task.
 const CHUNK: usize = 16 * 1024;
@@ -106,44 +107,6 @@ pub trait SwiGlu: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Host values of an ndarray tensor, in their shape.
-fn values<B: Backend>(t: FloatTensor<B>) -> TensorData {
-    pollster::block_on(B::float_into_data(t))
-        .expect("reading a CPU tensor cannot fail")
-        .convert::<f32>()
-}
-
-fn slice(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>().expect("f32 data")
-}
-
-fn cpu_swiglu<B: Backend>(a: FloatTensor<B>, u: FloatTensor<B>) -> FloatTensor<B> {
-    let device = Default::default();
-    let (a, u) = (values::<B>(a), values::<B>(u));
-    assert_eq!(
-        a.shape(),
-        u.shape(),
-        "swiglu: the gate and up projections differ in shape"
-    );
-    let h = forward(slice(&a), slice(&u));
-    B::float_from_data(TensorData::new(h, a.shape().clone()), &device)
-}
-
-fn cpu_swiglu_backward<B: Backend>(
-    a: FloatTensor<B>,
-    u: FloatTensor<B>,
-    dh: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>) {
-    let device = Default::default();
-    let (a, u, dh) = (values::<B>(a), values::<B>(u), values::<B>(dh));
-    let (da, du) = backward(slice(&a), slice(&u), slice(&dh));
-    let shape = a.shape().clone();
-    (
-        B::float_from_data(TensorData::new(da, shape.clone()), &device),
-        B::float_from_data(TensorData::new(du, shape), &device),
-    )
-}
-
 /// Flex reads its tensors in place: the saved activations are shared with the autodiff graph,
 /// and going through `TensorData` would copy them.
 impl SwiGlu for Flex {
@@ -175,7 +138,18 @@ fn flex_values(t: &FlexTensor) -> &[f32] {
 
 impl SwiGlu for NdArray {
     fn swiglu(a: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
-        cpu_swiglu::<Self>(a, u)
+        let (a, u) = (
+            read(Self::float_into_data(a)),
+            read(Self::float_into_data(u)),
+        );
+        assert_eq!(
+            a.shape(),
+            u.shape(),
+            "swiglu: the gate and up projections differ in shape"
+        );
+        let shape = a.shape().clone();
+        let h = forward(&f32_values(a), &f32_values(u));
+        Self::float_from_data(TensorData::new(h, shape), &Default::default())
     }
 
     fn swiglu_backward(
@@ -183,7 +157,13 @@ impl SwiGlu for NdArray {
         u: FloatTensor<Self>,
         dh: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cpu_swiglu_backward::<Self>(a, u, dh)
+        let [a, u, dh] = [a, u, dh].map(|t| read(Self::float_into_data(t)));
+        let shape = a.shape().clone();
+        let (da, du) = backward(&f32_values(a), &f32_values(u), &f32_values(dh));
+        (
+            Self::float_from_data(TensorData::new(da, shape.clone()), &Default::default()),
+            Self::float_from_data(TensorData::new(du, shape), &Default::default()),
+        )
     }
 }
 
