@@ -86,20 +86,20 @@ fn main() {
     for &backend in &chosen {
         let device: Device = backend.device(false).expect("device");
         device.seed(1);
-        let moe = config.init(&device).expect("layer");
+        let moe = config.init(&device);
         let input =
             || Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_model]), &device);
         let flat = input().reshape([tokens, d_model]);
-        let routed = moe.route(input(), false).expect("route");
+        let routed = moe.route(input(), false);
         let route = median_ms(
             || {
-                black_box(scalar(moe.route(input(), false).expect("route").gates));
+                black_box(scalar(moe.route(input(), false).gates));
             },
             reps,
         );
         let forward = median_ms(
             || {
-                black_box(scalar(moe.forward(input()).expect("forward").output));
+                black_box(scalar(moe.forward(input()).output));
             },
             reps,
         );
@@ -151,18 +151,14 @@ fn main() {
         for name in balancers.split(',') {
             let balancer: BalancerConfig = name.parse().expect("balancer name");
             device.seed(1);
-            let moe = config
-                .clone()
-                .with_balancer(balancer)
-                .init(&device)
-                .expect("layer");
+            let moe = config.clone().with_balancer(balancer).init(&device);
             let input = || {
                 Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_model]), &device)
             };
             // Routing = scores, top-k, histograms, the balancer's update or loss term.
             let route = median_ms(
                 || {
-                    let out = moe.route(input(), true).expect("route");
+                    let out = moe.route(input(), true);
                     black_box(scalar(out.gates));
                     if let Some(l) = out.balance_loss {
                         black_box(scalar(l));
@@ -172,7 +168,7 @@ fn main() {
             );
             let forward = median_ms(
                 || {
-                    let out = moe.forward(input()).expect("forward");
+                    let out = moe.forward(input());
                     let mut loss = out.output.sum();
                     if let Some(l) = out.balance_loss {
                         loss = loss + l;

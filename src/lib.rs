@@ -6,9 +6,9 @@
 //! use burn_moe::moe::MoeConfig;
 //!
 //! let device = Device::flex();
-//! let moe = MoeConfig::new(64, 128, 8).with_top_k(2).init(&device).unwrap();
+//! let moe = MoeConfig::new(64, 128, 8).with_top_k(2).init(&device);
 //! let x = Tensor::<3>::random([4, 16, 64], Distribution::Normal(0.0, 1.0), &device);
-//! let out = moe.forward(x).unwrap();
+//! let out = moe.forward(x);
 //! println!("tokens per expert: {:?}", out.computed_counts().unwrap());
 //! ```
 

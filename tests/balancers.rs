@@ -10,7 +10,7 @@ use burn_moe::balance::quantile;
 use burn_moe::balance::simulate::{SimulationConfig, simulate};
 use burn_moe::balance::{BalancerConfig, BipOrder, LossFreeUpdate};
 use burn_moe::checkpoint::{load_module, save_module_atomic};
-use burn_moe::moe::{MoeConfig, MoeOutput, ScoreFunction};
+use burn_moe::moe::{MoeConfig, RouterOutput, ScoreFunction};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -217,10 +217,10 @@ fn qb_histogram_estimate_is_within_a_bin_of_the_exact_quantile() {
 
 // ---------- loss terms against plain loops ----------
 
-fn route(cfg: &MoeConfig, batch: usize, seq: usize, seed: u64, training: bool) -> MoeOutput {
+fn route(cfg: &MoeConfig, batch: usize, seq: usize, seed: u64, training: bool) -> RouterOutput {
     let device = ndarray(training);
     device.seed(seed);
-    let moe = cfg.init(&device).unwrap();
+    let moe = cfg.init(&device);
     moe.route(
         tensor3(
             normal_vec(batch * seq * cfg.d_model, seed),
@@ -229,10 +229,9 @@ fn route(cfg: &MoeConfig, batch: usize, seq: usize, seed: u64, training: bool) -
         ),
         training,
     )
-    .unwrap()
 }
 
-fn loss_of(out: &MoeOutput) -> f64 {
+fn loss_of(out: &RouterOutput) -> f64 {
     host(out.balance_loss.clone().expect("a loss term"))[0] as f64
 }
 
@@ -341,10 +340,8 @@ fn z_loss_matches_formula_and_adds_to_aux() {
 fn aux_loss_gradient_reaches_the_router() {
     let cfg = MoeConfig::new(8, 4, 4).with_balancer("aux".parse().unwrap());
     let device = ndarray(true);
-    let moe = cfg.init(&device).unwrap();
-    let out = moe
-        .route(tensor3(normal_vec(64, 6), [1, 8, 8], &device), true)
-        .unwrap();
+    let moe = cfg.init(&device);
+    let out = moe.route(tensor3(normal_vec(64, 6), [1, 8, 8], &device), true);
     let grads = out.balance_loss.unwrap().backward();
     let g: Tensor<2> = moe.router.gate.weight.val().grad(&grads).unwrap();
     assert!(host(g).iter().any(|v| v.abs() > 0.0));
@@ -360,25 +357,26 @@ fn offset_balancers_change_selection_not_gates_and_update_only_in_training() {
             .with_balancer(name.parse().unwrap());
         let device = ndarray(false);
         device.seed(7);
-        let moe = cfg.init(&device).unwrap();
+        let moe = cfg.init(&device);
         let x = tensor3(normal_vec(8 * 32, 8), [1, 32, 8], &device);
-        let eval = moe.route(x.clone(), false).unwrap();
+        let eval = moe.route(x.clone(), false);
         assert!(
-            eval.balancer_state.is_none(),
+            eval.routing.balancer_state.is_none(),
             "{name}: eval must not update"
         );
-        let train = moe.route(x.clone(), true).unwrap();
+        let train = moe.route(x.clone(), true);
         let state = host(
             train
+                .routing
                 .balancer_state
                 .clone()
                 .expect("training proposes a new state"),
         );
         assert!(state.iter().any(|v| *v != 0.0), "{name}: state moved");
         // Gates are the raw scores of the chosen experts, whatever the offset.
-        let updated = moe.clone().update_balancer(&train).unwrap();
+        let updated = moe.clone().update_balancer(&train.routing).unwrap();
         assert_eq!(updated.balancer_state_values().unwrap(), state);
-        let after = updated.route(x, false).unwrap();
+        let after = updated.route(x, false);
         let s = host(after.scores.clone());
         let g = host(after.gates.clone());
         for t in 0..32 {
@@ -402,14 +400,14 @@ fn bip_cold_start_maxvio(iterations: usize, clamp: bool, order: BipOrder) -> f64
         });
     let device = ndarray(false);
     device.seed(9);
-    let moe = cfg.init(&device).unwrap();
+    let moe = cfg.init(&device);
     // Skewed: every feature has a large per-feature offset shared by all tokens.
     let x: Vec<f32> = normal_vec(256 * 8, 10)
         .iter()
         .enumerate()
         .map(|(i, v)| v * 0.3 + (i % 8) as f32 * 0.4)
         .collect();
-    let out = moe.route(tensor3(x, [1, 256, 8], &device), true).unwrap();
+    let out = moe.route(tensor3(x, [1, 256, 8], &device), true);
     burn_moe::balance::metrics::max_vio(&out.routing.plan().unwrap().requested_counts)
 }
 
@@ -441,11 +439,11 @@ fn trained_state_survives_save_and_load() {
     let cfg = MoeConfig::new(8, 4, 6).with_balancer("loss-free".parse().unwrap());
     let device = ndarray(false);
     device.seed(11);
-    let mut moe = cfg.init(&device).unwrap();
+    let mut moe = cfg.init(&device);
     for step in 0..5 {
         let x = tensor3(normal_vec(8 * 40, 20 + step), [2, 20, 8], &device);
-        let out = moe.route(x, true).unwrap();
-        moe = moe.update_balancer(&out).unwrap();
+        let out = moe.route(x, true);
+        moe = moe.update_balancer(&out.routing).unwrap();
     }
     let state = moe.balancer_state_values().unwrap();
     assert!(state.iter().any(|v| *v != 0.0));
@@ -453,18 +451,18 @@ fn trained_state_survives_save_and_load() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("layer.bpk");
     save_module_atomic(moe.clone(), &path).unwrap();
-    let fresh = cfg.init(&device).unwrap();
+    let fresh = cfg.init(&device);
     assert_ne!(fresh.balancer_state_values().unwrap(), state);
     let loaded = load_module(fresh, &path).unwrap();
     assert_eq!(loaded.balancer_state_values().unwrap(), state);
     let x = || tensor3(normal_vec(8 * 64, 99), [1, 64, 8], &device);
     assert_eq!(
-        loaded.route(x(), false).unwrap().routing.plan().unwrap(),
-        moe.route(x(), false).unwrap().routing.plan().unwrap()
+        loaded.route(x(), false).routing.plan().unwrap(),
+        moe.route(x(), false).routing.plan().unwrap()
     );
     // A corrupted file is a clear error, not a panic.
     std::fs::write(&path, b"not a checkpoint").unwrap();
-    let err = load_module(cfg.init(&device).unwrap(), &path).unwrap_err();
+    let err = load_module(cfg.init(&device), &path).unwrap_err();
     assert!(err.to_string().contains("layer.bpk"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -554,19 +552,17 @@ fn balancers_agree_on_wgpu_and_ndarray() {
             .with_z_loss_weight(1e-3);
         let reference = ndarray(false);
         reference.seed(12);
-        let moe = cfg.init(&reference).unwrap();
+        let moe = cfg.init(&reference);
         let x = normal_vec(8 * 64, 13);
-        let a = moe
-            .route(tensor3(x.clone(), [2, 32, 8], &reference), true)
-            .unwrap();
+        let a = moe.route(tensor3(x.clone(), [2, 32, 8], &reference), true);
         let on_wgpu = moe.clone().fork(&wgpu);
-        let b = on_wgpu.route(tensor3(x, [2, 32, 8], &wgpu), true).unwrap();
+        let b = on_wgpu.route(tensor3(x, [2, 32, 8], &wgpu), true);
         assert_eq!(
             a.routing.plan().unwrap(),
             b.routing.plan().unwrap(),
             "{name}: routing"
         );
-        match (&a.balancer_state, &b.balancer_state) {
+        match (&a.routing.balancer_state, &b.routing.balancer_state) {
             (Some(sa), Some(sb)) => assert_close(
                 &format!("{name}: state"),
                 &host(sb.clone()),
@@ -596,7 +592,7 @@ fn balance_metrics_of_a_call_and_over_layers() {
         .with_top_k(1)
         .with_capacity_factor(Some(0.5));
     let out = route(&cfg, 1, 40, 21, false);
-    let m = BalanceMetrics::from_output(&out).unwrap();
+    let m = BalanceMetrics::from_routing(&out.routing).unwrap();
     let req = &out.routing.plan().unwrap().requested_counts;
     let mean = 40.0 / 4.0;
     let max = *req.iter().max().unwrap() as f64;

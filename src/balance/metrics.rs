@@ -1,7 +1,7 @@
 //! Balance metrics from per-expert token counts (`docs/algorithms.md`).
 
 use crate::error::Result;
-use crate::moe::MoeOutput;
+use crate::moe::Routing;
 
 /// `(max_j c_j - mean c) / mean c`; 0 when perfectly balanced (and for an empty batch).
 pub fn max_vio(counts: &[usize]) -> f64 {
@@ -66,8 +66,8 @@ pub struct BalanceMetrics {
 impl BalanceMetrics {
     /// Metrics of one layer call (reads its routing back, see
     /// [`Routing::host`](crate::moe::Routing::host)).
-    pub fn from_output(out: &MoeOutput) -> Result<Self> {
-        let host = out.routing.host()?;
+    pub fn from_routing(routing: &Routing) -> Result<Self> {
+        let host = routing.host()?;
         let plan = &host.plan;
         let requested = &plan.requested_counts;
         let asked: usize = requested.iter().sum();

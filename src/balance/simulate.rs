@@ -200,7 +200,8 @@ pub fn simulate(
         Device::ndarray()
     };
     init_device.seed(config.seed);
-    let moe = moe_config.init(&init_device)?;
+    moe_config.validate()?;
+    let moe = moe_config.init(&init_device);
     // Parameters are initialised lazily, on the device they are first used on: draw them here,
     // from the seeded generator, before moving them (otherwise `fork` re-targets the draw to
     // `device`, whose generator is not seeded, and the routing problem changes from run to run).
@@ -219,9 +220,9 @@ pub fn simulate(
             TensorData::new(x, [batch, config.seq_len, config.d_model]),
             &device,
         );
-        let out = moe.route(x, true)?;
+        let out = moe.route(x, true);
         let counts = out.routing.plan()?.requested_counts.clone();
-        moe = moe.update_balancer(&out)?;
+        moe = moe.update_balancer(&out.routing)?;
         if let Some(loss) = out.balance_loss {
             let grads = GradientsParams::from_grads(loss.backward(), &moe);
             moe = optim.step(config.router_lr, moe, grads);

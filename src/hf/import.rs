@@ -145,7 +145,8 @@ pub fn load_moe_from(
     device: &Device,
 ) -> Result<Moe> {
     check_fits(family, config)?;
-    let mut moe = config.init(device)?;
+    config.validate()?;
+    let mut moe = config.init(device);
     let (d, f, m) = (config.d_model, config.d_ff, config.num_experts);
     let name = |rest: &str| format!("{prefix}{rest}");
     // A PyTorch `Linear` weight `[out, in]` as one expert's `[1, in, out]`.

@@ -45,7 +45,7 @@ impl Block {
     pub(crate) fn new(config: &MoeLmConfig, index: usize, device: &Device) -> Result<Self> {
         let d = config.d_model();
         let ffn = if config.is_moe_block(index) {
-            Ffn::Moe(config.moe.init(device)?)
+            Ffn::Moe(config.moe.init(device))
         } else {
             Ffn::Dense(ExpertFfn::new(
                 1,
@@ -68,27 +68,26 @@ impl Block {
     /// # Shapes
     /// - x: `[batch, seq, d_model]`, mask: `[batch, seq, seq]` (true = masked)
     /// - output: `[batch, seq, d_model]`, plus the MoE routing facts of a MoE block
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        mask: Tensor<3, Bool>,
-    ) -> Result<(Tensor<3>, Option<MoeOutput>)> {
+    ///
+    /// # Panics
+    /// As [`Moe::forward`]: a MoE block needs `batch * seq` divisible by its local groups.
+    pub fn forward(&self, x: Tensor<3>, mask: Tensor<3, Bool>) -> (Tensor<3>, Option<MoeOutput>) {
         let h = self.norm_attn.forward(x.clone());
         let x = x + self
             .attn
             .forward(MhaInput::self_attn(h).mask_attn(mask))
             .context;
         let h = self.norm_ffn.forward(x.clone());
-        Ok(match &self.ffn {
+        match &self.ffn {
             Ffn::Dense(ffn) => {
                 let [b, s, d] = h.dims();
                 let y = ffn.forward(h.reshape([1, b * s, d])).reshape([b, s, d]);
                 (x + y, None)
             }
             Ffn::Moe(moe) => {
-                let out = moe.forward(h)?;
+                let out = moe.forward(h);
                 (x + out.output.clone(), Some(out))
             }
-        })
+        }
     }
 }

@@ -90,6 +90,14 @@ impl MoeLm {
                 self.config.max_seq_len
             )));
         }
+        let groups = self.config.moe.groups;
+        if !(batch * seq).is_multiple_of(groups) {
+            return Err(MoeError::Input(format!(
+                "{} tokens (batch {batch} x seq {seq}) are not divisible into the MoE layers' \
+                 groups = {groups}",
+                batch * seq
+            )));
+        }
         let device = tokens.device();
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
             .unsqueeze::<2>()
@@ -98,7 +106,7 @@ impl MoeLm {
         let mask = generate_autoregressive_mask(batch, seq, &device);
         let mut moe = Vec::new();
         for block in &self.blocks {
-            let (y, routed) = block.forward(x, mask.clone())?;
+            let (y, routed) = block.forward(x, mask.clone());
             x = y;
             moe.extend(routed);
         }
@@ -144,7 +152,7 @@ impl MoeLm {
             if let Ffn::Moe(moe) = &mut block.ffn
                 && let Some(out) = outs.next()
             {
-                *moe = moe.clone().update_balancer(out)?;
+                *moe = moe.clone().update_balancer(&out.routing)?;
             }
         }
         Ok(self)

@@ -113,17 +113,16 @@ pub struct MoeConfig {
     /// Router z-loss weight (ST-MoE uses 1e-3); 0 turns it off. Combines with any balancer.
     #[config(default = 0.0)]
     pub z_loss_weight: f64,
-    /// Where the routing decisions (top-k, histograms, balancer updates) are computed:
-    /// `Some(path)` runs the routing kernels on the layer's device (`Auto`: WGSL shaders on
-    /// wgpu, Burn tensor ops on the CPU backends), reading back only the chosen experts and their
-    /// queue positions; `None` reads the logits back and routes with the plain-Rust reference
-    /// implementation of `crate::routing`.
-    #[config(default = "Some(KernelPath::Auto)")]
-    pub kernel_path: Option<KernelPath>,
+    /// Where the routing kernels (top-k, histograms, balancer updates) run, always on the
+    /// layer's device: `Auto` runs the WGSL shaders on wgpu and Burn tensor ops on the CPU
+    /// backends; `Portable` runs the tensor ops everywhere; `Wgsl` insists on the shaders.
+    #[config(default = "KernelPath::Auto")]
+    pub kernel_path: KernelPath,
 }
 
 impl MoeConfig {
-    /// Checks every field; the error says which one is wrong and what would be right.
+    /// Checks every field, and that the weights fit in this machine's memory; the error says
+    /// which field is wrong and what would be right.
     pub fn validate(&self) -> Result<()> {
         ensure_config(self.d_model > 0, || "d_model must be at least 1".into())?;
         ensure_config(self.d_ff > 0, || "d_ff must be at least 1".into())?;
@@ -143,18 +142,13 @@ impl MoeConfig {
                 )
             })?;
         }
-        ensure_config(
-            self.kernel_path.is_none() || self.num_experts <= crate::kernels::MAX_EXPERTS,
-            || {
-                format!(
-                    "num_experts {} exceeds the {} experts the routing kernels take (kernel_path \
-                     {:?}); use kernel_path None to route on the host",
-                    self.num_experts,
-                    crate::kernels::MAX_EXPERTS,
-                    self.kernel_path
-                )
-            },
-        )?;
+        ensure_config(self.num_experts <= crate::kernels::MAX_EXPERTS, || {
+            format!(
+                "num_experts {} exceeds the {} experts the routing kernels take",
+                self.num_experts,
+                crate::kernels::MAX_EXPERTS
+            )
+        })?;
         ensure_config(self.groups >= 1, || "groups must be at least 1".into())?;
         ensure_config(!self.random_routing || self.top_k == 2, || {
             format!(
@@ -191,7 +185,7 @@ impl MoeConfig {
                 )
             },
         )?;
-        Ok(())
+        crate::memory::check_fits(4.0 * self.param_count(), "the MoE layer's weights")
     }
 
     /// The group limit of group-limited routing, `None` when `expert_groups` is 1.
@@ -240,12 +234,16 @@ impl MoeConfig {
         4.0 * tokens as f64 * per_token
     }
 
-    /// Validates the config and builds the layer on `device`. Errors when its weights would not
-    /// fit in the memory this machine has.
-    pub fn init(&self, device: &Device) -> Result<Moe> {
-        self.validate()?;
-        crate::memory::check_fits(4.0 * self.param_count(), "the MoE layer's weights")?;
-        Ok(Moe::new(self.clone(), device))
+    /// Builds the layer on `device`, weights initialised at random.
+    ///
+    /// # Panics
+    /// On an invalid config, with the message of [`validate`](Self::validate) (call it first
+    /// to handle the error instead).
+    pub fn init(&self, device: &Device) -> Moe {
+        if let Err(e) = self.validate() {
+            panic!("MoeConfig::init: {e}");
+        }
+        Moe::new(self.clone(), device)
     }
 }
 

@@ -8,20 +8,23 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::balance::{BalancerConfig, BipOrder};
 use crate::error::Result;
-use crate::kernels::{self, GateRule, KernelPath};
+use crate::kernels::{self, GateRule};
 use crate::moe::router::Routed;
 use crate::moe::{DeviceRouting, MoeConfig, Router, Routing, ScoreFunction};
 use crate::routing::RoutingRule;
 
 impl Router {
-    pub(crate) fn route_on_device(
+    /// Routes `x: [tokens, d_model]` with the routing kernels on its device. `state` is the
+    /// offset balancer's state (`b` or `q`); `training` turns on noise, random routing and the
+    /// balancer's proposed new state.
+    pub(crate) fn route(
         &self,
         x: Tensor<2>,
         config: &MoeConfig,
         state: Option<Tensor<1>>,
         training: bool,
-        path: KernelPath,
     ) -> Result<Routed> {
+        let path = config.kernel_path;
         let [tokens, _] = x.dims();
         let (m, k) = (config.num_experts, config.top_k);
         let logits = self.logits(x, training);
@@ -134,6 +137,7 @@ impl Router {
                 slots,
                 admitted: hist.admitted,
             },
+            balancer_state: new_state,
             used: top.used,
             draws,
             entropy: entropy.reshape([1]),
@@ -146,7 +150,6 @@ impl Router {
             logits,
             scores,
             routing,
-            new_state,
         })
     }
 }

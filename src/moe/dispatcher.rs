@@ -22,7 +22,7 @@ pub struct DeviceRouting {
 }
 
 impl DeviceRouting {
-    /// The device form of a host plan (the host routing path, and tools that hold a plan).
+    /// The device form of a host plan (tools and tests that hold a plan).
     pub fn from_plan(plan: &RoutingPlan, groups: usize, device: &Device) -> Self {
         let (n, k, m) = (plan.tokens, plan.top_k, plan.experts);
         let group_len = n / groups;

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::balance::{BalancerConfig, losses};
 use crate::error::{MoeError, Result};
 use crate::moe::router::Routed;
-use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, TokenDispatcher};
+use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, RouterOutput, Routing, TokenDispatcher};
 
 /// A Mixture-of-Experts FFN layer; build it with [`MoeConfig::init`].
 #[derive(Module, Debug)]
@@ -59,8 +59,8 @@ impl Moe {
 
     /// Routes every token to its experts and combines their outputs.
     ///
-    /// Training behaviour (noisy gating, random routing, balancer updates) is on when `x` lives
-    /// on an autodiff device, as with Burn's `Dropout`.
+    /// Training behaviour (noisy gating, random routing, the balancer's proposed state) is on
+    /// when `x` lives on an autodiff device, as with Burn's `Dropout`.
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]`
@@ -68,16 +68,38 @@ impl Moe {
     ///
     /// The call makes no device-to-host read: the routing stays on the device
     /// (`output.routing`, read back only when asked). On wgpu without a capacity the experts'
-    /// blocks are sized from one small read of the per-expert counts.
+    /// blocks are sized from one small read of the per-expert counts. A token with a NaN or
+    /// infinite router logit is routed nowhere and its output is NaN; reading the routing
+    /// ([`Routing::host`](crate::moe::Routing::host)) reports it, and
+    /// [`try_forward`](Self::try_forward) checks it.
+    ///
+    /// # Panics
+    /// When `x` is not `d_model` wide, holds no token, or holds a token count the local
+    /// `groups` do not divide; when the routing kernels cannot run (`kernel_path` `Wgsl` on a
+    /// device that is not wgpu, more tokens than [`MAX_TOKENS`](crate::kernels::MAX_TOKENS)).
+    /// [`try_forward`](Self::try_forward) returns these as errors.
+    pub fn forward(&self, x: Tensor<3>) -> MoeOutput {
+        self.forward_checked(x)
+            .unwrap_or_else(|e| panic!("Moe::forward: {e}"))
+    }
+
+    /// [`forward`](Self::forward), with its panics as errors, and the routing read back once
+    /// to check every router logit is finite (one device-to-host read per call: use `forward`
+    /// where that read costs).
     ///
     /// # Errors
-    /// Wrong width, an empty batch, or a token count the groups do not divide. A token with a
-    /// NaN or infinite router logit is routed nowhere and its output is NaN; reading the
-    /// routing ([`Routing::host`](crate::moe::Routing::host)) reports it.
-    pub fn forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
-        let training = x.device().is_autodiff();
+    /// [`MoeError::Input`] for a wrong width, an empty batch or a token count the groups do not
+    /// divide; [`MoeError::NonFinite`] for a NaN or infinite router logit, naming the token; a
+    /// kernel or device failure.
+    pub fn try_forward(&self, x: Tensor<3>) -> Result<MoeOutput> {
+        let out = self.forward_checked(x)?;
+        out.routing.host()?;
+        Ok(out)
+    }
+
+    fn forward_checked(&self, x: Tensor<3>) -> Result<MoeOutput> {
         let [batch, seq, d_model] = x.dims();
-        let routed = self.route(x.clone(), training)?;
+        let routed = self.route_checked(x.clone(), x.device().is_autodiff())?;
         let x = x.reshape([batch * seq, d_model]);
 
         let groups = self.config.groups;
@@ -87,7 +109,7 @@ impl Moe {
             .map(|c| groups * c);
         let dispatcher = TokenDispatcher::new(&routed.routing.device, capacity_rows);
         let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
-        let mut y = dispatcher.combine(expert_out, routed.gates.clone());
+        let mut y = dispatcher.combine(expert_out, routed.gates);
         if let Some(shared) = &self.shared {
             let mut s: Tensor<2> = shared.forward(x.clone().unsqueeze_dim(0)).squeeze_dim(0);
             if let Some(gate) = &self.shared_gate {
@@ -97,15 +119,29 @@ impl Moe {
         }
         Ok(MoeOutput {
             output: y.reshape([batch, seq, d_model]),
-            ..routed
+            balance_loss: routed.balance_loss,
+            routing: routed.routing,
         })
     }
 
-    /// The routing stage alone: scores, gates, the routing, balancing loss and state, with no
-    /// expert compute (`output` is a zero-sized placeholder `[batch, seq, 0]`). `training`
-    /// turns on noise, random routing and balancer updates.
-    pub fn route(&self, x: Tensor<3>, training: bool) -> Result<MoeOutput> {
-        let [batch, seq, d_model] = x.dims();
+    /// The routing stage alone: logits, scores, gates, the routing and the balancing loss, with
+    /// no expert compute. `training` turns on noise, random routing and the balancer's proposed
+    /// state. Reads nothing back.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, d_model]`
+    /// - logits, scores: `[batch * seq, experts]`; gates: `[batch * seq, top_k]`
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn route(&self, x: Tensor<3>, training: bool) -> RouterOutput {
+        self.route_checked(x, training)
+            .unwrap_or_else(|e| panic!("Moe::route: {e}"))
+    }
+
+    /// Checks `x`'s shape against the layer: `Ok` when [`forward`](Self::forward) takes it.
+    pub fn check_input(&self, dims: [usize; 3]) -> Result<()> {
+        let [batch, seq, d_model] = dims;
         let tokens = batch * seq;
         if d_model != self.config.d_model {
             return Err(MoeError::Input(format!(
@@ -124,7 +160,12 @@ impl Moe {
                 self.config.groups
             )));
         }
-        let device = x.device();
+        Ok(())
+    }
+
+    fn route_checked(&self, x: Tensor<3>, training: bool) -> Result<RouterOutput> {
+        self.check_input(x.dims())?;
+        let [batch, seq, d_model] = x.dims();
         let state = self
             .config
             .balancer
@@ -134,39 +175,40 @@ impl Moe {
             logits,
             scores,
             routing,
-            new_state,
-        } = self
-            .router
-            .route(x.reshape([tokens, d_model]), &self.config, state, training)?;
+        } = self.router.route(
+            x.reshape([batch * seq, d_model]),
+            &self.config,
+            state,
+            training,
+        )?;
         let indices = routing.device.indices.clone();
         let gates = self.gates(scores.clone(), indices.clone());
         let balance_loss = self.balance_loss(&logits, &scores, indices, seq);
-        Ok(MoeOutput {
-            output: Tensor::zeros([batch, seq, 0], &device),
+        Ok(RouterOutput {
             logits,
             scores,
             gates,
-            routing,
             balance_loss,
-            balancer_state: new_state,
+            routing,
         })
     }
 
-    /// Applies the balancer state a training call proposed (`out.balancer_state`); a no-op for
-    /// balancers without state and for eval-mode outputs. Call it once per training step, like
-    /// the optimizer step. Errors when `out` comes from a layer with another expert count.
-    pub fn update_balancer(mut self, out: &MoeOutput) -> Result<Self> {
+    /// Applies the balancer state a training call proposed (`routing.balancer_state`, from
+    /// [`forward`](Self::forward) or [`route`](Self::route)); a no-op for balancers without
+    /// state and for eval-mode calls. Call it once per training step, like the optimizer step.
+    /// Errors when the routing comes from a layer with another expert count.
+    pub fn update_balancer(mut self, routing: &Routing) -> Result<Self> {
         let m = self.config.num_experts;
-        let theirs = out.routing.device.admitted.dims()[1];
-        let state_len = out.balancer_state.as_ref().map_or(m, |s| s.dims()[0]);
+        let theirs = routing.device.admitted.dims()[1];
+        let state_len = routing.balancer_state.as_ref().map_or(m, |s| s.dims()[0]);
         if theirs != m || state_len != m {
             return Err(MoeError::Input(format!(
-                "update_balancer: the output comes from a layer with {} experts, this layer has \
-                 {m} (pass each layer its own output)",
+                "update_balancer: the routing comes from a layer with {} experts, this layer \
+                 has {m} (pass each layer its own routing)",
                 if theirs != m { theirs } else { state_len }
             )));
         }
-        if let Some(state) = &out.balancer_state {
+        if let Some(state) = &routing.balancer_state {
             let value = state.clone().detach().set_require_grad(false);
             self.balancer_state = self.balancer_state.map(|_| value);
         }

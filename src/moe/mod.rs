@@ -8,13 +8,14 @@ mod experts;
 mod layer;
 mod output;
 mod readback;
+pub mod reference;
 mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
 pub use dispatcher::{DeviceRouting, TokenDispatcher};
 pub use experts::ExpertFfn;
 pub use layer::Moe;
-pub use output::{HostRouting, MoeOutput, Routing};
+pub use output::{HostRouting, MoeOutput, RouterOutput, Routing};
 pub(crate) use readback::count_read;
 pub use readback::host_reads;
 pub use router::Router;

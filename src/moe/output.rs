@@ -10,29 +10,37 @@ use crate::moe::DeviceRouting;
 use crate::moe::router::{check_finite, read_as, read_f32};
 use crate::routing::{RoutingPlan, RoutingRule, plan_from_positions};
 
-/// Result of [`Moe::forward`](crate::moe::Moe::forward).
+/// Result of [`Moe::forward`](crate::moe::Moe::forward): what a model embedding the layer needs.
 #[derive(Debug, Clone)]
 pub struct MoeOutput {
     /// Layer output `[batch, seq, d_model]`: routed experts (gated) plus shared experts. Tokens
     /// dropped by all their experts get only the shared part (zero without shared experts); add
     /// the layer input as the residual connection, as with any FFN.
     pub output: Tensor<3>,
-    /// Router logits `[tokens, experts]` (tokens = batch * seq, batch-major), for losses such as
-    /// the router z-loss.
+    /// The weighted balancing loss (aux loss of the configured kind plus router z-loss), to add
+    /// to the training loss; `None` when the layer has no loss term.
+    pub balance_loss: Option<Tensor<1>>,
+    /// Every routing decision of the call, on the device; [`Routing::host`] reads it back.
+    pub routing: Routing,
+}
+
+/// Result of [`Moe::route`](crate::moe::Moe::route): the routing stage alone, with the router's
+/// tensors the layer combines with.
+#[derive(Debug, Clone)]
+pub struct RouterOutput {
+    /// Router logits `[tokens, experts]` (tokens = batch * seq, batch-major); noisy in training
+    /// under noisy top-k gating.
     pub logits: Tensor<2>,
     /// Router scores `[tokens, experts]` (softmax or sigmoid of the logits).
     pub scores: Tensor<2>,
     /// Gate weight of each chosen expert `[tokens, top_k]`, rank 0 first: the raw score, or the
-    /// score normalised over the chosen experts. Carries gradients to the router.
+    /// score normalised over the chosen experts, times `routed_scaling_factor`. Carries
+    /// gradients to the router.
     pub gates: Tensor<2>,
-    /// Every routing decision of the call, on the device; [`Routing::host`] reads it back.
-    pub routing: Routing,
-    /// The weighted balancing loss (aux loss of the configured kind plus router z-loss), to add
-    /// to the training loss; `None` when the layer has no loss term.
+    /// The weighted balancing loss, as in [`MoeOutput::balance_loss`].
     pub balance_loss: Option<Tensor<1>>,
-    /// The offset balancer's state `[experts]` after this training batch, on the device; apply it
-    /// with [`Moe::update_balancer`](crate::moe::Moe::update_balancer). `None` in eval mode.
-    pub balancer_state: Option<Tensor<1>>,
+    /// Every routing decision of the call, on the device.
+    pub routing: Routing,
 }
 
 /// The routing of one call on the host: what telemetry, metrics and tests look at.
@@ -53,6 +61,10 @@ pub struct HostRouting {
 pub struct Routing {
     /// What the dispatcher uses: chosen experts, queue slots, admitted counts.
     pub device: DeviceRouting,
+    /// The offset balancer's state `[experts]` after this training batch, on the device; apply
+    /// it with [`Moe::update_balancer`](crate::moe::Moe::update_balancer). `None` in eval mode
+    /// and for balancers without state.
+    pub balancer_state: Option<Tensor<1>>,
     /// `[tokens, k]`: 0 for a 2nd choice GShard's random rule switched off, else 1.
     pub(crate) used: Tensor<2, Int>,
     /// `[tokens]` draws of random routing.

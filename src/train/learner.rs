@@ -237,7 +237,7 @@ impl MoeLm {
         let layers: Vec<BalanceMetrics> = out
             .moe
             .iter()
-            .map(BalanceMetrics::from_output)
+            .map(|o| BalanceMetrics::from_routing(&o.routing))
             .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("reading the MoE routing failed: {e}"));
         let item = MoeStepOutput {
@@ -260,7 +260,7 @@ impl TrainStep for MoeLm {
         let (loss, item, outputs) = self.learner_forward(batch);
         let mut grads = GradientsParams::from_grads(loss.backward(), self);
         for (moe, out) in self.moe_layers().zip(&outputs) {
-            if let Some(state) = &out.balancer_state {
+            if let Some(state) = &out.routing.balancer_state {
                 let old = moe.balancer_state.val();
                 let new = state.clone().detach();
                 grads.register(moe.balancer_state.id, (new - old).inner());
@@ -381,7 +381,7 @@ mod tests {
             .moe
             .into_iter()
             .map(|o| {
-                let state = o.balancer_state.unwrap();
+                let state = o.routing.balancer_state.unwrap();
                 state.into_data().try_into_vec_as::<f32>().unwrap()
             })
             .collect();
