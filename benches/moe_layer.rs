@@ -18,16 +18,24 @@
 //! `matmul/<backend>` times, per shape, two dense matmuls with the experts' FLOPs of one forward
 //! pass (`[tokens * k, d] @ [d, 2 d_ff]` and `[tokens * k, d_ff] @ [d_ff, d]`, `6 d d_ff` per
 //! assignment): the FLOP rate a grouped expert op could reach on that backend.
+//!
+//! `grouped/<backend>` times the experts' grouped matmul alone, per shape (mode ignored), on
+//! the `tokens * k` rows of an expert-sorted buffer with uneven groups (0.8x and 1.2x the mean)
+//! and weights `[experts, d, 4 d]` (the gate and up projections): `op` is the backend's own
+//! implementation (WGSL on wgpu, CPU kernels on flex/ndarray), `blocks` the tensor-op one over
+//! capacity-sized blocks (capacity 1.25x the mean, the padding computed too), `dense` one plain
+//! matmul of the same FLOPs. Criterion's throughput is in FLOP/s (`elem/s`).
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 
 use burn_moe::device::probe_wgpu_adapter;
+use burn_moe::grouped::{GroupOffsets, grouped_matmul, portable};
 use burn_moe::{BackendKind, Moe, MoeConfig};
 
 mod common;
@@ -187,10 +195,94 @@ fn bench_matmul(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
     group.finish();
 }
 
+/// The inputs of the grouped matmul benchmark: `x [rows, d]`, offsets (uneven groups, capacity
+/// 1.25x the mean), stacked weights `[experts, d, 4 d]`, and the dense `[d, 4 d]` weight.
+fn grouped_inputs(
+    shape: &Shape,
+    device: &Device,
+) -> (Tensor<2>, GroupOffsets, Tensor<3>, Tensor<2>) {
+    let (rows, d, e) = (shape.tokens * shape.top_k, shape.d_model, shape.experts);
+    let n = 4 * d;
+    let mean = rows / e;
+    let mut offsets = vec![0i64];
+    for g in 0..e {
+        let count = if g + 1 == e {
+            rows - *offsets.last().unwrap() as usize
+        } else if g % 2 == 0 {
+            mean - mean / 5
+        } else {
+            mean + mean / 5
+        };
+        offsets.push(offsets.last().unwrap() + count as i64);
+    }
+    let capacity = (1.25 * rows as f64 / e as f64).ceil() as usize;
+    let t = |shape: Vec<usize>| {
+        let len: usize = shape.iter().product();
+        let v: Vec<f32> = bench_input(len / d, d).iter().map(|x| x * 0.05).collect();
+        TensorData::new(v, shape)
+    };
+    let groups = GroupOffsets {
+        offsets: Tensor::<1, Int>::from_data(TensorData::new(offsets, [e + 1]), device),
+        max_rows: Some(capacity),
+    };
+    (
+        Tensor::from_data(t(vec![rows, d]), device),
+        groups,
+        Tensor::from_data(t(vec![e, d, n]), device),
+        Tensor::from_data(t(vec![d, n]), device),
+    )
+}
+
+fn bench_grouped(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
+    let mut group = c.benchmark_group(format!("grouped/{backend}"));
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let mut seen = Vec::new();
+    for shape in shapes
+        .iter()
+        .filter(|s| !s.dropless || !shapes.iter().any(|o| !o.dropless))
+    {
+        let id = format!(
+            "d{}-e{}-k{}-t{}",
+            shape.d_model, shape.experts, shape.top_k, shape.tokens
+        );
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id.clone());
+        let flops = 2 * shape.tokens * shape.top_k * shape.d_model * 4 * shape.d_model;
+        group.throughput(Throughput::Elements(flops as u64));
+        let mut built = None;
+        for kind in ["op", "blocks", "dense"] {
+            group.bench_function(BenchmarkId::new(kind, &id), |b| {
+                let (x, groups, w, dense) = built.get_or_insert_with(|| {
+                    let device = backend.device(false).expect("device");
+                    grouped_inputs(shape, &device)
+                });
+                let run = || -> f32 {
+                    let y = match kind {
+                        "op" => grouped_matmul(x.clone(), groups, w.clone()),
+                        "blocks" => portable::grouped_matmul(x.clone(), groups, w.clone()),
+                        _ => x.clone().matmul(dense.clone()),
+                    };
+                    y.sum().into_scalar::<f32>()
+                };
+                black_box(run());
+                b.iter(|| black_box(run()));
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let shapes = shapes();
     for backend in backends() {
         bench_matmul(c, backend, &shapes);
+        bench_grouped(c, backend, &shapes);
         for (pass, autodiff) in [("fwd", false), ("fwdbwd", true)] {
             let mut group = c.benchmark_group(format!("{pass}/{backend}"));
             group

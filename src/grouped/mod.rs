@@ -4,19 +4,22 @@
 //! - flex and ndarray: a backend extension ([`GroupedMatmul`]) on `gemm`, threads over blocks
 //!   of rows, with its own backward (`dX` through the transposed weights, `dW` one product per
 //!   expert; never a slice of the stacked weights, never a full-size zero gradient per expert).
-//! - wgpu: [`portable::grouped_matmul`], capacity-sized blocks through one batched matmul
-//!   ([`portable::in_blocks`] runs a whole expert FFN on the blocks with one gather and scatter).
+//! - wgpu: WGSL shaders (`shaders/grouped_gemm.wgsl`, `grouped_weight_grad.wgsl`): tiles over
+//!   the sorted buffer, the tile-to-group map built on the device from the offsets, so nothing
+//!   is read back, dropless included; the same hand-written backward.
+//! - [`portable`]: the same product from Burn tensor ops (capacity-sized blocks through one
+//!   batched matmul), the reference the tests and benchmarks compare with.
 //!
 //! [`swiglu`] is the experts' activation in one pass over memory on the CPU backends.
 
 mod blocks;
-pub(crate) use blocks::block_rows;
 mod cpu;
 mod ffn;
 mod op;
 mod swiglu;
+mod wgsl;
 
-/// The tensor-op implementation (wgpu's today; runs on any backend).
+/// The tensor-op implementation (runs on any backend): the tests' reference.
 pub mod portable {
     pub use super::blocks::{grouped_matmul, in_blocks};
 }
@@ -36,7 +39,8 @@ pub struct GroupOffsets {
     pub offsets: Tensor<1, Int>,
     /// A bound on any group's row count (a capacity), or `None`. It sizes the blocks of the
     /// tensor-op implementation (rows past it in a group would not be computed there), which
-    /// otherwise reads the offsets back to find the largest group; the CPU kernels ignore it.
+    /// otherwise reads the offsets back to find the largest group; the CPU and WGSL kernels
+    /// ignore it.
     pub max_rows: Option<usize>,
 }
 
@@ -47,9 +51,6 @@ pub struct GroupOffsets {
 /// - w: `[groups, k, n]`
 /// - output: `[rows, n]`
 pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tensor<2> {
-    if crate::kernels::is_gpu(&x.device()) {
-        return portable::grouped_matmul(x, groups, w);
-    }
     Tensor::from_dispatch(<Dispatch as GroupedMatmul>::grouped_matmul(
         x.into_dispatch(),
         groups.offsets.clone().into_dispatch(),
@@ -70,16 +71,17 @@ pub fn swiglu<const D: usize>(a: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
 }
 
 /// The SwiGLU expert FFN `(silu(x w_gate[g]) * (x w_in[g])) w_out[g]` for each row of group
-/// `g`, for inference on the CPU backends: one pass per block of rows, its `[rows, d_ff]`
-/// intermediates kept in cache. Training uses [`grouped_matmul`] and [`swiglu`] (they save what
-/// the backward pass needs).
+/// `g`, for inference: on the CPU backends one pass per block of rows, its `[rows, d_ff]`
+/// intermediates kept in cache; on wgpu the gate and up projections in one GEMM with the SwiGLU
+/// in its epilogue, then the down projection. Training uses [`grouped_matmul`] and [`swiglu`]
+/// (they save what the backward pass needs).
 ///
 /// # Shapes
 /// - x: `[rows, d]`, rows sorted by group; w_in, w_gate: `[groups, d, f]`; w_out: `[groups, f, d]`
 /// - output: `[rows, d]`
 ///
 /// # Panics
-/// On wgpu devices, and when an input needs a gradient.
+/// When an input needs a gradient.
 pub fn grouped_swiglu_ffn(
     x: Tensor<2>,
     groups: &GroupOffsets,
@@ -87,10 +89,6 @@ pub fn grouped_swiglu_ffn(
     w_gate: Tensor<3>,
     w_out: Tensor<3>,
 ) -> Tensor<2> {
-    assert!(
-        !crate::kernels::is_gpu(&x.device()),
-        "grouped_swiglu_ffn runs on the CPU backends"
-    );
     Tensor::from_dispatch(<Dispatch as GroupedMatmul>::grouped_swiglu_ffn(
         x.into_dispatch(),
         groups.offsets.clone().into_dispatch(),

@@ -11,6 +11,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn::backend::flex::FlexTensor;
+use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Flex, NdArray, backend_extension};
@@ -19,11 +20,13 @@ use burn::tensor::{DType, Shape, TensorData};
 use super::cpu::{self, Stacked};
 use super::ffn;
 
-/// The grouped matmul and its weight gradient as backend operations.
-#[backend_extension(Flex, NdArray, Autodiff)]
+/// The grouped matmul and its weight gradient as backend operations: CPU kernels on flex and
+/// ndarray, WGSL shaders on wgpu (`super::wgsl`).
+#[backend_extension(Flex, NdArray, Cube, Fusion, Autodiff)]
 pub trait GroupedMatmul: Backend {
     /// `x [rows, k]`, `offsets [groups + 1]`, `w [groups, k, n]` -> `[rows, n]`: row `r` of group
     /// `g` (`offsets[g] <= r < offsets[g + 1]`) times `w[g]`; rows past `offsets[groups]` are zero.
+    #[fusion(meta = |x, _offsets, w| TensorSpec::new(Shape::new([x.shape[0], w.shape[2]]), x.dtype))]
     fn grouped_matmul(
         x: FloatTensor<Self>,
         offsets: IntTensor<Self>,
@@ -32,6 +35,10 @@ pub trait GroupedMatmul: Backend {
 
     /// `x [rows, k]`, `dy [rows, n]`, `offsets [groups + 1]` -> `dw [groups, k, n]`,
     /// `dw[g] = x_g^T dy_g`.
+    #[fusion(meta = |x, dy, offsets| TensorSpec::new(
+        Shape::new([offsets.shape[0] - 1, x.shape[1], dy.shape[1]]),
+        x.dtype,
+    ))]
     fn grouped_matmul_weight_grad(
         x: FloatTensor<Self>,
         dy: FloatTensor<Self>,
@@ -41,6 +48,7 @@ pub trait GroupedMatmul: Backend {
     /// The SwiGLU expert FFN for inference, fused per block of rows: `x [rows, d]`,
     /// `offsets [groups + 1]`, `w_in`, `w_gate` `[groups, d, f]`, `w_out [groups, f, d]` ->
     /// `[rows, d]`. Not differentiable: the autodiff backend refuses inputs that need a gradient.
+    #[fusion(meta = |x, _offsets, _w_in, _w_gate, _w_out| TensorSpec::new(x.shape.clone(), x.dtype))]
     fn grouped_swiglu_ffn(
         x: FloatTensor<Self>,
         offsets: IntTensor<Self>,

@@ -8,6 +8,7 @@
 //! backends; [`KernelPath::Portable`] forces the tensor ops on any device (for comparison).
 
 mod extension;
+pub(crate) mod launch;
 pub mod portable;
 mod quantile;
 mod wgsl;

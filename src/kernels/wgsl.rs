@@ -4,16 +4,13 @@
 //! at most 7 storage buffers per stage, at most 1 KiB of workgroup memory per 256 experts.
 //! Scalars travel in a small storage buffer cast with bytemuck.
 
-use burn::backend::wgpu::{
-    CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
-};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
 use burn::tensor::{DType, Shape};
-use burn_cubecl::cubecl::prelude::KernelId;
-use burn_cubecl::cubecl::server::{Handle, KernelArguments};
-use burn_cubecl::cubecl::{CubeCount, CubeDim};
+use burn_cubecl::cubecl::server::Handle;
 
 use super::GateRule;
 use super::extension::RoutingKernels;
+use super::launch::{CHUNK, expect_dtype, kernel, launch, output, params, scratch};
 use crate::routing::GroupScore;
 
 const GATE_TOPK: &str = include_str!("../../shaders/gate_topk.wgsl");
@@ -24,99 +21,6 @@ const LOSS_FREE_UPDATE: &str = include_str!("../../shaders/loss_free_update.wgsl
 const BIP_TOKEN_PRICES: &str = include_str!("../../shaders/bip_token_prices.wgsl");
 const BIP_EXPERT_PRICES: &str = include_str!("../../shaders/bip_expert_prices.wgsl");
 const QB_HISTOGRAM: &str = include_str!("../../shaders/qb_histogram.wgsl");
-
-/// Assignments per histogram chunk: the workgroup size of the histogram passes.
-const CHUNK: usize = 256;
-/// Most workgroups one dispatch dimension may hold under WebGPU's default limits.
-const MAX_WORKGROUPS: usize = 65_535;
-
-/// One shader with its template values (`{{ name }}` placeholders).
-struct WgslKernel {
-    name: &'static str,
-    source: &'static str,
-    values: Vec<(&'static str, String)>,
-}
-
-impl KernelSource for WgslKernel {
-    fn source(&self) -> SourceTemplate {
-        self.values
-            .iter()
-            .fold(SourceTemplate::new(self.source), |t, (k, v)| {
-                t.register(*k, v.clone())
-            })
-    }
-
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info((self.name, self.values.clone()))
-    }
-
-    fn lang(&self) -> &'static str {
-        "wgsl"
-    }
-}
-
-fn kernel(
-    name: &'static str,
-    source: &'static str,
-    values: &[(&'static str, usize)],
-) -> WgslKernel {
-    WgslKernel {
-        name,
-        source,
-        values: values.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-    }
-}
-
-/// Launches `kernel` with `workgroups` workgroups of `workgroup_size` invocations; buffers are
-/// bound in order.
-fn launch(
-    like: &CubeTensor,
-    kernel: WgslKernel,
-    workgroup_size: u32,
-    workgroups: usize,
-    buffers: Vec<Handle>,
-) {
-    assert!(
-        workgroups <= MAX_WORKGROUPS,
-        "{} needs {workgroups} workgroups, more than WebGPU's {MAX_WORKGROUPS} per dimension",
-        kernel.name
-    );
-    let bindings = buffers.into_iter().map(Handle::binding).collect();
-    like.client.launch(
-        Box::new(SourceKernel::new(kernel, CubeDim::new_1d(workgroup_size))),
-        CubeCount::Static(workgroups.max(1) as u32, 1, 1),
-        KernelArguments::new().with_buffers(bindings),
-    );
-}
-
-fn params(like: &CubeTensor, values: &[u32]) -> Handle {
-    like.client.create_from_slice(bytemuck::cast_slice(values))
-}
-
-fn output(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
-    let handle = like
-        .client
-        .empty(shape.num_elements().max(1) * dtype.size());
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        dtype,
-    )
-}
-
-fn scratch(like: &CubeTensor, words: usize) -> Handle {
-    like.client.empty(words.max(1) * 4)
-}
-
-/// Checks the dtypes the shaders are written for; anything else is a programming error.
-fn expect_dtype(t: &CubeTensor, dtype: DType, what: &str) {
-    assert_eq!(
-        t.dtype, dtype,
-        "{what} must be {dtype:?} for the WGSL kernels"
-    );
-}
 
 impl RoutingKernels for CubeBackend {
     fn gate_topk(
@@ -161,7 +65,7 @@ impl RoutingKernels for CubeBackend {
                 &[("top_k", top_k), ("workgroup", workgroup)],
             ),
             workgroup as u32,
-            n.div_ceil(workgroup),
+            [n.div_ceil(workgroup), 1],
             vec![
                 logits.handle.clone(),
                 offset.handle.clone(),
@@ -214,7 +118,7 @@ impl RoutingKernels for CubeBackend {
                 &[("experts", experts)],
             ),
             CHUNK as u32,
-            chunks,
+            [chunks, 1],
             vec![
                 indices.handle.clone(),
                 used.handle.clone(),
@@ -226,7 +130,7 @@ impl RoutingKernels for CubeBackend {
             &indices,
             kernel("expert_offsets", EXPERT_OFFSETS, &[]),
             64,
-            (groups * experts).div_ceil(64),
+            [(groups * experts).div_ceil(64), 1],
             vec![
                 chunk_counts.clone(),
                 p.clone(),
@@ -238,7 +142,7 @@ impl RoutingKernels for CubeBackend {
             &indices,
             kernel("expert_positions", EXPERT_POSITIONS, &[]),
             CHUNK as u32,
-            chunks,
+            [chunks, 1],
             vec![
                 indices.handle.clone(),
                 used.handle.clone(),
@@ -269,7 +173,7 @@ impl RoutingKernels for CubeBackend {
             &bias,
             kernel("loss_free_update", LOSS_FREE_UPDATE, &[]),
             256,
-            1,
+            [1, 1],
             vec![
                 bias.handle.clone(),
                 requested.handle.clone(),
@@ -304,7 +208,7 @@ impl RoutingKernels for CubeBackend {
                 &scores,
                 kernel("bip_expert_prices", BIP_EXPERT_PRICES, &[]),
                 256,
-                m,
+                [m, 1],
                 vec![
                     scores.handle.clone(),
                     token_prices.clone(),
@@ -350,7 +254,7 @@ impl RoutingKernels for CubeBackend {
             &scores,
             kernel("qb_histogram", QB_HISTOGRAM, &[("bins", bins)]),
             256,
-            m,
+            [m, 1],
             vec![
                 scores.handle.clone(),
                 cutoffs.handle.clone(),
@@ -370,7 +274,7 @@ fn launch_token_prices(scores: &CubeTensor, q: &CubeTensor, top_k: usize, p: Han
         scores,
         kernel("bip_token_prices", BIP_TOKEN_PRICES, &[("rank", top_k + 1)]),
         64,
-        n.div_ceil(64),
+        [n.div_ceil(64), 1],
         vec![scores.handle.clone(), q.handle.clone(), p, out],
     );
 }

@@ -5,7 +5,7 @@
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::grouped::{GroupOffsets, block_rows};
+use crate::grouped::GroupOffsets;
 use crate::moe::ExpertFfn;
 use crate::routing::RoutingPlan;
 
@@ -66,8 +66,7 @@ impl TokenDispatcher {
     /// unused ones in assignment order (their rows are not computed).
     ///
     /// `capacity_rows` bounds any expert's admitted assignments when there is a capacity
-    /// (`groups * capacity`); `None` for dropless (see [`GroupOffsets::max_rows`]), which on
-    /// wgpu costs one small read of the offsets to size the experts' blocks.
+    /// (`groups * capacity`); `None` for dropless (see [`GroupOffsets::max_rows`]).
     pub fn new(routing: &DeviceRouting, capacity_rows: Option<usize>) -> Self {
         let [n, k] = routing.indices.dims();
         let [groups, m] = routing.admitted.dims();
@@ -98,14 +97,10 @@ impl TokenDispatcher {
             assignment.div_scalar(k as i64),
             IndexingUpdateOp::Add,
         );
-        let mut groups = GroupOffsets {
+        let groups = GroupOffsets {
             offsets: Tensor::cat(vec![Tensor::zeros([1], &device), ends], 0),
             max_rows: capacity_rows,
         };
-        if crate::kernels::is_gpu(&device) {
-            // The block implementation needs a bound: dropless, one small read per call.
-            groups.max_rows = Some(block_rows(&groups));
-        }
         TokenDispatcher {
             tokens: n,
             top_k: k,

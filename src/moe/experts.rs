@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::grouped::{GroupOffsets, grouped_matmul, grouped_swiglu_ffn, portable, swiglu};
+use crate::grouped::{GroupOffsets, grouped_matmul, grouped_swiglu_ffn, swiglu};
 use crate::moe::ExpertActivation;
 
 /// `e` independent FFNs `d_model -> d_ff -> d_model` (no biases), weights stacked on dim 0.
@@ -82,11 +82,6 @@ impl ExpertFfn {
     /// - x: `[rows, d_model]`, rows sorted by expert as `groups` says
     /// - output: `[rows, d_model]`
     pub fn forward_grouped(&self, x: Tensor<2>, groups: &GroupOffsets) -> Tensor<2> {
-        if crate::kernels::is_gpu(&x.device()) {
-            // Until a grouped GEMM kernel exists: the experts as one batched FFN over
-            // capacity-sized blocks, one gather and one scatter for the whole FFN.
-            return portable::in_blocks(x, groups, |blocks| self.forward(blocks));
-        }
         if let (Some(gate), false) = (&self.w_gate, x.device().is_autodiff()) {
             return grouped_swiglu_ffn(x, groups, self.w_in.val(), gate.val(), self.w_out.val());
         }
