@@ -169,13 +169,18 @@ fn dense_equivalent(a: &Tensor<2>, w_up: &Tensor<2>, h: &Tensor<2>, w_down: &Ten
     up.sum().into_scalar::<f32>() + down.sum().into_scalar::<f32>()
 }
 
-fn bench_matmul(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
-    let mut group = c.benchmark_group(format!("matmul/{backend}"));
+/// The settings of every group: flat sampling, 10 samples of about 3 s after 1 s of warm-up.
+fn settings(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
+}
+
+fn bench_matmul(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
+    let mut group = c.benchmark_group(format!("matmul/{backend}"));
+    settings(&mut group);
     for shape in shapes {
         let (rows, d, f) = (shape.tokens * shape.top_k, shape.d_model, 2 * shape.d_model);
         group.throughput(Throughput::Elements(shape.tokens as u64));
@@ -235,11 +240,7 @@ fn grouped_inputs(
 
 fn bench_grouped(c: &mut Criterion, backend: BackendKind, shapes: &[Shape]) {
     let mut group = c.benchmark_group(format!("grouped/{backend}"));
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    settings(&mut group);
     let mut seen = Vec::new();
     for shape in shapes
         .iter()
@@ -285,11 +286,7 @@ fn bench(c: &mut Criterion) {
         bench_grouped(c, backend, &shapes);
         for (pass, autodiff) in [("fwd", false), ("fwdbwd", true)] {
             let mut group = c.benchmark_group(format!("{pass}/{backend}"));
-            group
-                .sampling_mode(SamplingMode::Flat)
-                .sample_size(10)
-                .warm_up_time(Duration::from_secs(1))
-                .measurement_time(Duration::from_secs(3));
+            settings(&mut group);
             for shape in &shapes {
                 group.throughput(Throughput::Elements(shape.tokens as u64));
                 let run = if autodiff { forward_backward } else { forward };

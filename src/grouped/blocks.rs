@@ -1,7 +1,7 @@
 //! The grouped matmul through Burn tensor ops: each group's rows gathered into a block of
-//! `max_rows` slots, one batched computation over the blocks, the results put back in place.
-//! What runs on wgpu until a grouped GEMM kernel replaces it; it runs on any backend, and Burn's
-//! autodiff gives its gradients (a weight gradient comes out of the batched matmul whole).
+//! `max_rows` slots, one batched matmul over the blocks, the results put back in place. It runs
+//! on any backend, Burn's autodiff gives its gradients, and it is the reference the tests and
+//! benchmarks compare the CPU and WGSL kernels with.
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
@@ -16,10 +16,9 @@ pub fn grouped_matmul(x: Tensor<2>, groups: &GroupOffsets, w: Tensor<3>) -> Tens
 
 /// Gathers each group's rows into a block of `max_rows` slots (read back once when it is
 /// `None`: the largest group, rounded up to a coarse bucket), runs `f` on the blocks
-/// `[groups, slots, k] -> [groups, slots, n]` (row by row: what `f` makes of the empty slots,
-/// which hold zero rows, is discarded), and puts each row's result back in place; rows past the
-/// last group come out zero. One gather and one scatter, whatever `f` computes.
-pub fn in_blocks(
+/// `[groups, slots, k] -> [groups, slots, n]`, and puts each row's result back in place; rows
+/// past the last group come out zero.
+fn in_blocks(
     x: Tensor<2>,
     groups: &GroupOffsets,
     f: impl FnOnce(Tensor<3>) -> Tensor<3>,
@@ -50,7 +49,7 @@ pub fn in_blocks(
 
 /// Slots per block: `max_rows`, or else the largest group read back from the device (one
 /// small read, counted) and rounded up by [`slot_bucket`]; at least 1.
-pub(crate) fn block_rows(groups: &GroupOffsets) -> usize {
+fn block_rows(groups: &GroupOffsets) -> usize {
     groups
         .max_rows
         .unwrap_or_else(|| slot_bucket(largest_group(groups)))
@@ -78,7 +77,7 @@ fn largest_group(groups: &GroupOffsets) -> usize {
 /// `load` rounded up to keep its three leading binary digits: a multiple of
 /// `max(8, next_power_of_two(load) / 8)`. Padding stays under a quarter of the load (above 32) while
 /// the number of distinct sizes grows only with the logarithm of the load.
-pub fn slot_bucket(load: usize) -> usize {
+fn slot_bucket(load: usize) -> usize {
     let step = (load.next_power_of_two() / 8).max(8);
     load.div_ceil(step) * step
 }

@@ -21,7 +21,7 @@ mod wgsl;
 
 /// The tensor-op implementation (runs on any backend): the tests' reference.
 pub mod portable {
-    pub use super::blocks::{grouped_matmul, in_blocks};
+    pub use super::blocks::grouped_matmul;
 }
 
 pub use op::GroupedMatmul;
