@@ -608,7 +608,11 @@ fn layer_routes_as_the_host_reference() {
             for training in [false, true] {
                 let what = format!("config {i} on {name}, training {training}");
                 let out = moe.route(x(40 + i as u64), training);
+                // The counts-only read first (the full read would fill its cache).
+                let counts = out.routing.counts().unwrap();
                 let got = out.routing.host().unwrap();
+                assert_eq!(counts.requested, got.plan.requested_counts, "{what}");
+                assert_eq!(counts.computed, got.plan.computed_counts, "{what}");
                 let scores = host(out.scores.clone());
                 let m = moe.config.num_experts;
                 let state = moe.balancer_state_values().unwrap();

@@ -1,6 +1,6 @@
 //! How often the layer reads device data back to the host: never in the forward and backward
-//! passes, on every backend, with a capacity or dropless; once when the routing is read for
-//! telemetry, and not again for the same call.
+//! passes, on every backend, with a capacity or dropless; once when the routing (or just its
+//! per-expert counts) is read for telemetry, and not again for the same call.
 
 mod common;
 
@@ -53,6 +53,10 @@ fn a_training_step_reads_nothing_back_until_the_routing_is_asked_for() {
             let _ = out.routing.host().unwrap();
             let read = host_reads() - after_forward;
             assert_eq!(read, 1, "{what}: telemetry");
+            // The counts alone: one small read, none once the routing was read.
+            let _ = out2.routing.counts().unwrap();
+            let _ = out.routing.counts().unwrap();
+            assert_eq!(host_reads() - after_forward, 2, "{what}: counts");
         }
     }
 }

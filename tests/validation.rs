@@ -97,6 +97,7 @@ fn nan_and_inf_inputs_are_reported_for_both_score_functions() {
             let out = moe.forward(x.clone());
             // try_forward reads the routing and reports the same token.
             for err in [
+                out.routing.counts().unwrap_err(),
                 out.routing.plan().unwrap_err(),
                 moe.try_forward(x).unwrap_err(),
             ] {

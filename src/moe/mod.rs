@@ -15,7 +15,7 @@ pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
 pub use dispatcher::{DeviceRouting, TokenDispatcher};
 pub use experts::ExpertFfn;
 pub use layer::Moe;
-pub use output::{HostRouting, MoeOutput, RouterOutput, Routing};
+pub use output::{ExpertCounts, HostRouting, MoeOutput, RouterOutput, Routing};
 pub(crate) use readback::count_read;
 pub use readback::host_reads;
 pub use router::Router;

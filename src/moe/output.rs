@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::{Int, Tensor, Transaction};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, Transaction};
 
 use crate::error::{MoeError, Result};
 use crate::moe::DeviceRouting;
@@ -54,6 +54,24 @@ pub struct HostRouting {
     pub entropy: f32,
 }
 
+/// Per-expert token counts of one call on the host ([`Routing::counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertCounts {
+    /// Tokens each expert was asked to take (before capacity).
+    pub requested: Vec<usize>,
+    /// Tokens each expert computed (after capacity).
+    pub computed: Vec<usize>,
+}
+
+impl ExpertCounts {
+    fn of(plan: &RoutingPlan) -> Self {
+        ExpertCounts {
+            requested: plan.requested_counts.clone(),
+            computed: plan.computed_counts.clone(),
+        }
+    }
+}
+
 /// A call's routing decisions on the layer's device. Reading them costs one device-to-host
 /// transfer, made the first time [`host`](Self::host) is called and kept after that; the layer
 /// itself never reads them.
@@ -97,6 +115,65 @@ impl Routing {
         self.host().map(|h| &h.plan)
     }
 
+    /// Tokens each expert was asked to take and computed: one read of `2 m + 1` values (what a
+    /// training loop's trace needs), or none when the routing was read already.
+    ///
+    /// # Errors
+    /// As [`host`](Self::host).
+    pub fn counts(&self) -> Result<ExpertCounts> {
+        if let Some(host) = self.host.get() {
+            return Ok(ExpertCounts::of(&host.plan));
+        }
+        let [n, k] = self.device.indices.dims();
+        let m = self.experts;
+        let chosen = self.device.indices.clone().reshape([n * k]);
+        // A -1 (non-finite logit) or an unused 2nd choice is requested from no expert.
+        let asked = chosen.clone().greater_equal_elem(0).int() * self.used.clone().reshape([n * k]);
+        let requested = Tensor::<1, Int>::zeros([m], &chosen.device()).scatter(
+            0,
+            chosen.clone().clamp(0, m as i64 - 1),
+            asked,
+            IndexingUpdateOp::Add,
+        );
+        let computed = self.device.admitted.clone().sum_dim(0).reshape([m]);
+        crate::moe::count_read();
+        let mut data = Transaction::default()
+            .register(requested)
+            .register(computed)
+            .register(chosen.min())
+            .try_execute()
+            .map_err(|e| MoeError::Backend(format!("routing read-back failed: {e:?}")))?
+            .into_iter();
+        let mut counts = || -> Result<Vec<usize>> {
+            Ok(read_as::<i64>(data.next())?
+                .into_iter()
+                .map(|c| c.max(0) as usize)
+                .collect())
+        };
+        let (requested, computed) = (counts()?, counts()?);
+        if read_as::<i64>(data.next())?.first().is_some_and(|&i| i < 0) {
+            return Err(self.non_finite());
+        }
+        Ok(ExpertCounts {
+            requested,
+            computed,
+        })
+    }
+
+    /// The error for a token the kernels routed nowhere: the logits are read for the exact
+    /// report (one more read).
+    fn non_finite(&self) -> MoeError {
+        crate::moe::count_read();
+        match read_f32(Some(self.logits.clone().into_data()))
+            .and_then(|host| check_finite(&host, self.experts))
+        {
+            Err(e) => e,
+            Ok(()) => MoeError::Backend(
+                "routing kernels flagged a non-finite logit the host did not find".into(),
+            ),
+        }
+    }
+
     fn read(&self) -> Result<HostRouting> {
         let mut transaction = Transaction::default()
             .register(self.device.indices.clone())
@@ -121,13 +198,7 @@ impl Routing {
             .map(|_| read_f32(data.next()))
             .transpose()?;
         if indices.iter().any(|&i| i < 0) {
-            // A token had a non-finite logit: read the logits for the exact report.
-            crate::moe::count_read();
-            let host = read_f32(Some(self.logits.clone().into_data()))?;
-            check_finite(&host, self.experts)?;
-            return Err(MoeError::Backend(
-                "routing kernels flagged a non-finite logit the host did not find".into(),
-            ));
+            return Err(self.non_finite());
         }
         let plan = plan_from_positions(
             self.experts,

@@ -259,19 +259,19 @@ pub fn train(
         model = optim.step(lr, model, grads);
         model = model.update_balancers(&out.moe)?;
 
-        // The step's one read of each layer's routing: counts for the trace and the progress
-        // line (and the report of a non-finite router logit).
+        // The step's one read of each layer's routing, `2 m + 1` values: counts for the trace
+        // and the progress line (and the report of a non-finite router logit).
         let records: Vec<TraceRecord> = out
             .moe
             .iter()
             .enumerate()
             .map(|(layer, m)| {
-                let plan = m.routing.plan()?;
+                let counts = m.routing.counts()?;
                 Ok(TraceRecord {
                     step,
                     layer,
-                    requested: plan.requested_counts.clone(),
-                    computed: plan.computed_counts.clone(),
+                    requested: counts.requested,
+                    computed: counts.computed,
                 })
             })
             .collect::<Result<_>>()?;
