@@ -103,13 +103,12 @@ fn main() {
             },
             reps,
         );
-        let capacity_rows = config.capacity(tokens);
-        let dispatcher = TokenDispatcher::new(&routed.routing.device, capacity_rows);
+        let dispatcher = TokenDispatcher::new(&routed.routing.device);
         let sorted = dispatcher.dispatch(flat.clone());
         let expert_out = dispatcher.run_experts(&moe.experts, sorted.clone());
         let dispatch = median_ms(
             || {
-                let d = TokenDispatcher::new(&routed.routing.device, capacity_rows);
+                let d = TokenDispatcher::new(&routed.routing.device);
                 black_box(scalar(d.dispatch(flat.clone())));
             },
             reps,

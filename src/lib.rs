@@ -9,7 +9,7 @@
 //! let moe = MoeConfig::new(64, 128, 8).with_top_k(2).init(&device);
 //! let x = Tensor::<3>::random([4, 16, 64], Distribution::Normal(0.0, 1.0), &device);
 //! let out = moe.forward(x);
-//! println!("tokens per expert: {:?}", out.computed_counts().unwrap());
+//! println!("tokens per expert: {:?}", out.routing.counts().unwrap().computed);
 //! ```
 
 #![warn(missing_docs)]

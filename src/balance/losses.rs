@@ -25,6 +25,14 @@ fn choice_counts(
         .unwrap_or_else(|| Tensor::zeros([n, experts], &device))
 }
 
+/// Means of `t [n, m]` over `blocks` equal blocks of consecutive rows: `[blocks, m]`.
+fn block_means(t: Tensor<2>, blocks: usize) -> Tensor<2> {
+    let [n, m] = t.dims();
+    t.reshape([blocks, n / blocks, m])
+        .mean_dim(1)
+        .reshape([blocks, m])
+}
+
 /// Switch: `alpha * m * sum_j f_j * P_j`, `f_j` the fraction of tokens whose top-1 is `j`, `P_j`
 /// the mean score of `j`. Equals `alpha` at perfect balance.
 ///
@@ -42,11 +50,9 @@ pub fn gshard_aux(
     groups: usize,
     alpha: f64,
 ) -> Tensor<1> {
-    let [n, m] = scores.dims();
-    let s = n / groups;
-    let per_group = |t: Tensor<2>| t.reshape([groups, s, m]).mean_dim(1).reshape([groups, m]);
-    let c = per_group(choice_counts(indices, 0..1, m));
-    (per_group(scores) * c).sum() * (alpha / (m * groups) as f64)
+    let [_, m] = scores.dims();
+    let c = block_means(choice_counts(indices, 0..1, m), groups);
+    (block_means(scores, groups) * c).sum() * (alpha / (m * groups) as f64)
 }
 
 /// DeepSeek-V3 sequence-wise: per sequence of `seq_len` tokens,
@@ -61,10 +67,9 @@ pub fn seq_aux(
     let [n, m] = scores.dims();
     let [_, k] = indices.dims();
     let seqs = n / seq_len;
-    let per_seq = |t: Tensor<2>| t.reshape([seqs, seq_len, m]).mean_dim(1).reshape([seqs, m]);
-    let f = per_seq(choice_counts(indices, 0..k, m)) * (m as f64 / k as f64);
+    let f = block_means(choice_counts(indices, 0..k, m), seqs) * (m as f64 / k as f64);
     let normalised = scores.clone() / scores.sum_dim(1);
-    (per_seq(normalised) * f).sum() * (alpha / seqs as f64)
+    (block_means(normalised, seqs) * f).sum() * (alpha / seqs as f64)
 }
 
 /// Router z-loss (ST-MoE): `weight * (1/n) * sum_i logsumexp_j(logits_ij)^2`.

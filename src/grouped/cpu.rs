@@ -262,7 +262,7 @@ pub(crate) fn grouped_weight_grad(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Plain triple loops, the reference.
@@ -279,7 +279,8 @@ mod tests {
         out
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic test values in [-1, 1).
+    pub(in crate::grouped) fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
             .map(|v| v as f32 / 500.0 - 1.0)

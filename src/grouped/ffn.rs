@@ -60,10 +60,11 @@ mod tests {
     use super::*;
     use crate::grouped::cpu::grouped_matmul;
 
+    /// The CPU kernels' test values, scaled into [-0.25, 0.25).
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
-            .map(|v| v as f32 / 2000.0 - 0.25)
+        crate::grouped::cpu::tests::values(len, seed)
+            .into_iter()
+            .map(|v| v * 0.25)
             .collect()
     }
 

@@ -72,12 +72,13 @@ impl Router {
             },
             path,
         )?;
+        let capacity = config.capacity(tokens / config.groups);
         let hist = kernels::expert_histogram(
             top.indices.clone(),
             top.used.clone(),
             m,
             config.groups,
-            config.capacity(tokens / config.groups),
+            capacity,
             path,
         )?;
         let new_state = match (&config.balancer, state) {
@@ -117,7 +118,7 @@ impl Router {
             .mean()
             .neg();
 
-        let slots = match config.capacity(tokens / config.groups) {
+        let slots = match capacity {
             Some(c) => {
                 let past = hist.positions.clone().greater_equal_elem(c as i64);
                 hist.positions.clone().mask_fill(past, -1)

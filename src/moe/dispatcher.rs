@@ -64,10 +64,7 @@ impl TokenDispatcher {
     /// Lays out the assignments on the device, with tensor ops only: each expert's admitted
     /// ones (local group after local group, each in admission order), then the dropped and
     /// unused ones in assignment order (their rows are not computed).
-    ///
-    /// `capacity_rows` bounds any expert's admitted assignments when there is a capacity
-    /// (`groups * capacity`); `None` for dropless (see [`GroupOffsets::max_rows`]).
-    pub fn new(routing: &DeviceRouting, capacity_rows: Option<usize>) -> Self {
+    pub fn new(routing: &DeviceRouting) -> Self {
         let [n, k] = routing.indices.dims();
         let [groups, m] = routing.admitted.dims();
         let a = n * k;
@@ -99,7 +96,8 @@ impl TokenDispatcher {
         );
         let groups = GroupOffsets {
             offsets: Tensor::cat(vec![Tensor::zeros([1], &device), ends], 0),
-            max_rows: capacity_rows,
+            // The CPU and WGSL kernels need no bound on a group's rows.
+            max_rows: None,
         };
         TokenDispatcher {
             tokens: n,
@@ -189,7 +187,7 @@ mod tests {
             };
             let plan = plan_routing(&scores, None, n, m, &rule, None).unwrap();
             let routing = DeviceRouting::from_plan(&plan, groups, &device);
-            let d = TokenDispatcher::new(&routing, None);
+            let d = TokenDispatcher::new(&routing);
             let offsets = ints(d.groups.offsets.clone());
             let row_token = ints(d.row_token.clone());
             let assignment_row = ints(d.assignment_row.clone());

@@ -102,12 +102,7 @@ impl Moe {
         let routed = self.route_checked(x.clone(), x.device().is_autodiff())?;
         let x = x.reshape([batch * seq, d_model]);
 
-        let groups = self.config.groups;
-        let capacity_rows = self
-            .config
-            .capacity(batch * seq / groups)
-            .map(|c| groups * c);
-        let dispatcher = TokenDispatcher::new(&routed.routing.device, capacity_rows);
+        let dispatcher = TokenDispatcher::new(&routed.routing.device);
         let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
         let mut y = dispatcher.combine(expert_out, routed.gates);
         if let Some(shared) = &self.shared {

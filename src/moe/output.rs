@@ -214,20 +214,3 @@ impl Routing {
         })
     }
 }
-
-impl MoeOutput {
-    /// Tokens each expert was asked to take (before capacity); reads the routing back.
-    pub fn requested_counts(&self) -> Result<&[usize]> {
-        Ok(&self.routing.plan()?.requested_counts)
-    }
-
-    /// Tokens each expert computed (after capacity); reads the routing back.
-    pub fn computed_counts(&self) -> Result<&[usize]> {
-        Ok(&self.routing.plan()?.computed_counts)
-    }
-
-    /// Tokens none of whose experts computed them; reads the routing back.
-    pub fn dropped_tokens(&self) -> Result<usize> {
-        Ok(self.routing.plan()?.dropped_tokens)
-    }
-}
