@@ -5,6 +5,7 @@
 
 use burn_moe::BackendKind;
 use burn_moe::data::TextData;
+use burn_moe::dist::Solo;
 use burn_moe::model::Preset;
 use burn_moe::train::{RunDir, RunManifest, TrainConfig, TrainStart, evaluate, train};
 
@@ -29,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
         None,
         &mut (),
+        &Solo,
     )?;
     println!(
         "{backend}: train loss {:.3} -> {:.3}, val loss {:.3}, {:.0} tokens/s",

@@ -4,6 +4,7 @@
 //! `cargo run --release --example train_gpu -- [steps]`
 
 use burn_moe::BackendKind;
+use burn_moe::dist::Solo;
 use burn_moe::model::Preset;
 use burn_moe::train::{
     RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, generate, train,
@@ -30,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &device,
         None,
         &mut (),
+        &Solo,
     )?;
     println!(
         "val loss {:.3}, {:.0} tokens/s",

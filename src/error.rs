@@ -30,6 +30,9 @@ pub enum MoeError {
     /// The requested backend could not be created.
     #[error("backend unavailable: {0}")]
     Backend(String),
+    /// A multi-process run failed: ranks disagree, a rank stopped answering, MPI is missing.
+    #[error("distributed run: {0}")]
+    Distributed(String),
 }
 
 /// Shorthand for results of this crate.

@@ -18,6 +18,7 @@ pub mod balance;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod grouped;
 pub mod hf;

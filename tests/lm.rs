@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 use burn_moe::BackendKind;
+use burn_moe::dist::Solo;
 use burn_moe::model::{MoeLmConfig, Preset};
 use burn_moe::train::{
     Progress, RunDir, RunManifest, TrainConfig, TrainStart, TrainSummary, train,
@@ -39,7 +40,7 @@ fn manifest(model: MoeLmConfig, steps: u64, data: Option<PathBuf>) -> RunManifes
 }
 
 fn run(dir: &Path, start: TrainStart, device: &Device) -> burn_moe::Result<TrainSummary> {
-    train(&RunDir::create(dir)?, start, device, None, &mut ())
+    train(&RunDir::create(dir)?, start, device, None, &mut (), &Solo)
 }
 
 #[test]
@@ -139,6 +140,7 @@ fn resume_matches_an_uninterrupted_run() {
             &device,
             Some(stop),
             &mut stopper,
+            &Solo,
         )
         .unwrap();
         assert!(first.interrupted && first.steps == 10);

@@ -256,16 +256,43 @@ fn analyze_predict_and_place_commands() {
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let (p, rr, oracle) = (
-        v["mean"]["predicted"].as_f64().unwrap(),
-        v["mean"]["round_robin"].as_f64().unwrap(),
-        v["mean"]["oracle"].as_f64().unwrap(),
+    let mean = |k: &str| v["mean"][k].as_f64().unwrap();
+    let (contiguous, ours, theirs, oracle) = (
+        mean("contiguous"),
+        mean("ours"),
+        mean("eplb"),
+        mean("oracle"),
     );
-    // Placing by the predicted loads beats round-robin; so does placing by the actual loads.
+    // Placing by the predicted loads beats the contiguous placement; so does placing by the
+    // actual loads, which no placement from a prediction beats by much.
     assert!(
-        p < rr && oracle < rr,
-        "predicted {p}, round-robin {rr}, oracle {oracle}"
+        ours < contiguous && theirs < contiguous && oracle < contiguous,
+        "ours {ours}, EPLB {theirs}, contiguous {contiguous}, oracle {oracle}"
     );
+
+    // The placement file: every expert of every layer on 1 or 2 of the 4 ranks, 10 copies.
+    let file = dir.join("placement.json");
+    let (ok, _, stderr) = burn_moe(&[
+        "place",
+        trace,
+        "--devices",
+        "4",
+        "--replicas",
+        "2",
+        "--write",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let placed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let layers = placed["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        let copies: Vec<Vec<u64>> = serde_json::from_value(layer.clone()).unwrap();
+        assert_eq!(copies.len(), 8);
+        assert_eq!(copies.iter().map(Vec::len).sum::<usize>(), 10);
+        assert!(copies.iter().flatten().all(|&r| r < 4));
+    }
 
     let (ok, _, stderr) = burn_moe(&["predict", trace, "--method", "lstm"]);
     assert!(!ok && stderr.contains("--train-trace"), "{stderr}");

@@ -52,7 +52,8 @@ pub enum Command {
     /// Predict expert loads along a trace (sliding-window average, ARIMA, LSTM) and measure the
     /// error in the transient and stable states.
     Predict(PredictArgs),
-    /// Place experts on devices from predicted loads; compare with round-robin and an oracle.
+    /// Place experts on ranks from predicted loads (ours and EPLB); compare with the contiguous
+    /// placement and an oracle, or write a placement file.
     Place(PlaceArgs),
     /// Train the same model once per balancer and compare quality, balance and speed.
     Study(StudyArgs),

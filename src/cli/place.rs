@@ -1,12 +1,16 @@
-//! `burn-moe place`: expert placement from predicted loads, scored on what the trace did next
-//! against round-robin and an oracle placement.
+//! `burn-moe place`: expert placement from predicted loads, ours and DeepSeek's EPLB from the
+//! same prediction, scored by the straggler factor of what the trace did next, against the
+//! contiguous placement and an oracle that knew the loads.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
 
+use burn_moe::checkpoint::write_bytes_atomic;
+use burn_moe::predict::eplb::eplb;
 use burn_moe::predict::placement::{Placement, place};
+use burn_moe::telemetry::loads::LayerLoads;
 
 use super::predict::{Method, PredictArgs, min_history, predictor, read};
 
@@ -21,6 +25,16 @@ pub struct PlaceArgs {
     /// Extra copies of the hottest experts.
     #[arg(long, default_value_t = 0)]
     pub replicas: usize,
+    /// Nodes the ranks form, for EPLB's hierarchical policy (1: its global policy).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Expert groups EPLB's hierarchical policy keeps within a node.
+    #[arg(long, default_value_t = 1)]
+    pub groups: usize,
+    /// Write our placement from the prediction at the end of the trace (the loads ahead of the
+    /// last step) to this JSON file: per layer, the ranks of each expert.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
     /// Predictor of the loads the placement is made for.
     #[arg(long, value_enum, default_value = "sw-avg")]
     pub method: Method,
@@ -44,18 +58,27 @@ pub struct PlaceArgs {
     pub json: bool,
 }
 
+/// One layer's straggler factors: the mean over steps of the busiest rank's tokens over the
+/// mean rank's.
 #[derive(Debug, Default, Serialize)]
 struct PlacementRow {
     layer: usize,
     points: usize,
-    /// Mean over steps of max device load / mean device load.
-    predicted: f64,
-    round_robin: f64,
+    contiguous: f64,
+    /// EPLB's policy on the prediction.
+    eplb: f64,
+    /// Ours on the prediction.
+    ours: f64,
+    /// Ours on the loads that came.
     oracle: f64,
 }
 
 pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.devices >= 1, "--devices must be at least 1");
+    anyhow::ensure!(
+        args.nodes >= 1 && args.groups >= 1,
+        "--nodes and --groups must be >= 1"
+    );
     anyhow::ensure!(args.window != Some(0), "--window must be at least 1");
     anyhow::ensure!(
         args.horizon >= 1 && args.stride >= 1,
@@ -94,10 +117,11 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
     let p = predictor(&predict_args, args.horizon, experts)?;
     let min_history =
         min_history(args.method, args.window, &args.order).max(args.window.unwrap_or(100).min(100));
+    let window = args.window.unwrap_or(100);
     let mut rows = Vec::new();
     for (l, layer) in run.layers.iter().enumerate() {
         let m = layer.experts;
-        let rr = Placement::round_robin(m, args.devices);
+        let contiguous = Placement::contiguous(m, args.devices);
         let mut row = PlacementRow {
             layer: l,
             ..PlacementRow::default()
@@ -112,11 +136,20 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
             let future: Vec<f32> = (origin..origin + args.horizon)
                 .flat_map(|t| layer.row(t).iter().copied())
                 .collect();
-            let actual_mean: Vec<f64> = (0..m)
-                .map(|j| mean_over(&future, args.horizon, j))
+            let recent = recent_steps(layer, origin, window, &predicted);
+            let ours = place(&recent, args.devices, args.replicas)?;
+            let theirs = eplb(
+                &predicted,
+                args.devices,
+                args.replicas,
+                args.nodes,
+                args.groups,
+            )?;
+            let coming: Vec<Vec<f64>> = future
+                .chunks_exact(m)
+                .map(|r| r.iter().map(|&v| v as f64).collect())
                 .collect();
-            let from_prediction = place(&predicted, args.devices, args.replicas)?;
-            let oracle = place(&actual_mean, args.devices, args.replicas)?;
+            let oracle = place(&coming, args.devices, args.replicas)?;
             let score = |pl: &Placement| {
                 (0..args.horizon)
                     .map(|h| {
@@ -129,8 +162,9 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
                     .sum::<f64>()
                     / args.horizon as f64
             };
-            row.predicted += score(&from_prediction);
-            row.round_robin += score(&rr);
+            row.contiguous += score(&contiguous);
+            row.eplb += score(&theirs);
+            row.ours += score(&ours);
             row.oracle += score(&oracle);
             row.points += 1;
             origin += args.stride;
@@ -141,47 +175,101 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
             args.horizon
         );
         let n = row.points as f64;
-        row.predicted /= n;
-        row.round_robin /= n;
+        row.contiguous /= n;
+        row.eplb /= n;
+        row.ours /= n;
         row.oracle /= n;
         rows.push(row);
     }
+    if let Some(path) = &args.write {
+        let layers = run
+            .layers
+            .iter()
+            .map(|layer| {
+                let pred = p.predict(layer, layer.len(), 1);
+                let loads: Vec<f64> = pred.iter().map(|&v| v as f64).collect();
+                let recent = recent_steps(layer, layer.len(), window, &loads);
+                Ok(place(&recent, args.devices, args.replicas)?.copies)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let file = serde_json::json!({
+            "devices": args.devices, "replicas": args.replicas, "method": p.name(),
+            "trace": args.trace, "steps": run.layers[0].len(), "layers": layers,
+        });
+        write_bytes_atomic(path, serde_json::to_string_pretty(&file)?.as_bytes())?;
+        if !args.json {
+            eprintln!("placement written to {}", path.display());
+        }
+    }
     let mean = |f: fn(&PlacementRow) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
     let overall = [
-        mean(|r| r.predicted),
-        mean(|r| r.round_robin),
+        mean(|r| r.contiguous),
+        mean(|r| r.eplb),
+        mean(|r| r.ours),
         mean(|r| r.oracle),
     ];
     if args.json {
         let out = serde_json::json!({
             "trace": args.trace, "devices": args.devices, "replicas": args.replicas,
             "method": p.name(), "horizon": args.horizon, "layers": rows,
-            "mean": {"predicted": overall[0], "round_robin": overall[1], "oracle": overall[2]},
+            "mean": {"contiguous": overall[0], "eplb": overall[1], "ours": overall[2],
+                "oracle": overall[3]},
         });
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     println!(
-        "max/mean device load over the next {} steps, {} devices, {} replicas, placement every {} steps",
-        args.horizon, args.devices, args.replicas, args.stride
+        "straggler factor (busiest rank / mean rank) over the next {} steps, {} ranks, {} \
+         replicas, placement every {} steps from {}",
+        args.horizon,
+        args.devices,
+        args.replicas,
+        args.stride,
+        p.name()
     );
     println!(
-        "{:>5} {:>7} {:>22} {:>12} {:>8}",
-        "layer",
-        "points",
-        format!("from {}", p.name()),
-        "round-robin",
-        "oracle"
+        "{:>5} {:>7} {:>11} {:>8} {:>8} {:>8}",
+        "layer", "points", "contiguous", "EPLB", "ours", "oracle"
     );
-    for r in &rows {
+    let line = |name: &str, points: &str, v: [f64; 4]| {
         println!(
-            "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
-            r.layer, r.points, r.predicted, r.round_robin, r.oracle
+            "{name:>5} {points:>7} {:>11.3} {:>8.3} {:>8.3} {:>8.3}",
+            v[0], v[1], v[2], v[3]
         );
+    };
+    for r in &rows {
+        let values = [r.contiguous, r.eplb, r.ours, r.oracle];
+        line(&r.layer.to_string(), &r.points.to_string(), values);
     }
-    println!(
-        "{:>5} {:>7} {:>22.3} {:>12.3} {:>8.3}",
-        "mean", "", overall[0], overall[1], overall[2]
-    );
+    line("mean", "", overall);
     Ok(())
+}
+
+/// The load rows our placement serves at `origin`: the last `window` steps before it (fewer at
+/// the start), each shifted by the predicted mean minus their own mean, so that they fluctuate
+/// as the recent steps did around what the predictor expects.
+fn recent_steps(
+    layer: &LayerLoads,
+    origin: usize,
+    window: usize,
+    predicted: &[f64],
+) -> Vec<Vec<f64>> {
+    let steps: Vec<&[f32]> = (origin.saturating_sub(window)..origin)
+        .map(|t| layer.row(t))
+        .collect();
+    if steps.is_empty() {
+        return vec![predicted.to_vec()];
+    }
+    let n = steps.len() as f64;
+    let mean: Vec<f64> = (0..predicted.len())
+        .map(|j| steps.iter().map(|r| r[j] as f64).sum::<f64>() / n)
+        .collect();
+    steps
+        .iter()
+        .map(|r| {
+            (0..predicted.len())
+                .map(|j| (predicted[j] + r[j] as f64 - mean[j]).max(0.0))
+                .collect()
+        })
+        .collect()
 }

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use burn::module::Module;
@@ -15,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use burn_moe::BackendKind;
 use burn_moe::balance::BalancerConfig;
 use burn_moe::data::TextData;
+use burn_moe::dist::{Collective, ranks_from_launcher};
 use burn_moe::model::{MoeLmConfig, Preset};
 use burn_moe::train::{
     Progress, RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, evaluate, generate,
@@ -70,6 +72,10 @@ pub struct TrainArgs {
     /// Print only a final JSON summary line.
     #[arg(long)]
     pub json: bool,
+    /// Under mpirun: seconds a rank waits for the others in one collective before it ends the
+    /// job (a rank has died or hung).
+    #[arg(long, default_value_t = 300)]
+    pub rank_timeout: u64,
 }
 
 /// Data, batch and model-shape options shared by `train` and `study`.
@@ -216,6 +222,24 @@ fn stop_flag() -> Arc<AtomicBool> {
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rank_timeout >= 1,
+        "--rank-timeout must be at least 1 second"
+    );
+    let comm = ranks_from_launcher(Duration::from_secs(args.rank_timeout))?;
+    match train_on(args, comm.as_ref()) {
+        Err(e) if comm.size() > 1 => {
+            // The other ranks may be waiting in a collective: end the job, not just this rank.
+            eprintln!("error: rank {} of {}: {e:#}", comm.rank(), comm.size());
+            comm.abort(1)
+        }
+        result => result,
+    }
+}
+
+fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
+    // Rank 0 speaks for the run.
+    let lead = comm.rank() == 0;
     let device = args.backend.kind.device(false)?;
     let (dir, start) = match &args.resume {
         Some(path) => (
@@ -241,17 +265,24 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let mut bar = Bar::new(args.json);
-    if !args.json {
+    let mut bar = Bar::new(args.json || !lead);
+    if !args.json && lead {
+        let ranks = match comm.size() {
+            1 => String::new(),
+            n => format!(", data parallel over {n} ranks"),
+        };
         eprintln!(
-            "training on {} ({}), run directory {}",
+            "training on {} ({}){ranks}, run directory {}",
             args.backend.kind,
             describe_backend(args.backend.kind),
             dir.root().display()
         );
     }
-    let summary = train(&dir, start, &device, Some(stop_flag()), &mut bar)?;
+    let summary = train(&dir, start, &device, Some(stop_flag()), &mut bar, comm)?;
     bar.finish();
+    if !lead {
+        return Ok(());
+    }
     if !args.json {
         println!(
             "done: {} steps, train loss {:.4} (first {:.4}), val loss {:.4}, val ppl {:.2}, AvgMaxVio {:.3}, {:.0} tokens/s",

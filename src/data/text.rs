@@ -1,5 +1,6 @@
 //! Byte-level text data and its batches.
 
+use std::ops::Range;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -91,14 +92,16 @@ impl TextData {
         Ok(())
     }
 
-    /// The training batch of `step`: random windows drawn from a generator seeded with
-    /// `(seed, step)` alone, so step `s` sees the same data in a fresh and a resumed run.
+    /// Rows `rows` (a rank's shard; `0..batch` for all) of the training batch of `step`:
+    /// `batch` random windows drawn from a generator seeded with `(seed, step)` alone, so step
+    /// `s` sees the same data in a fresh and a resumed run, on any number of ranks.
     pub fn train_batch(
         &self,
         step: u64,
         batch: usize,
         seq_len: usize,
         seed: u64,
+        rows: Range<usize>,
         device: &Device,
     ) -> Batch {
         let mut rng = StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -106,7 +109,8 @@ impl TextData {
         let starts: Vec<usize> = (0..batch)
             .map(|_| rng.random_range(0..=last_start))
             .collect();
-        Batch::from_windows(starts.iter().map(|&s| &self.train[s..=s + seq_len]), device)
+        let windows = starts[rows].iter().map(|&s| &self.train[s..=s + seq_len]);
+        Batch::from_windows(windows, device)
     }
 
     /// Consecutive validation batches covering the validation split from its start (at most
@@ -166,12 +170,29 @@ mod tests {
         #[allow(deprecated)]
         let device = Device::ndarray();
         let d = data(&"abcdefghij".repeat(20));
-        let b = d.train_batch(3, 2, 5, 7, &device);
+        let b = d.train_batch(3, 2, 5, 7, 0..2, &device);
         let i = b.inputs.into_data().try_into_vec_as::<i64>().unwrap();
         let t = b.targets.into_data().try_into_vec_as::<i64>().unwrap();
         assert_eq!(i[1..5], t[0..4]);
-        let again = d.train_batch(3, 2, 5, 7, &device).inputs.into_data();
+        let again = d.train_batch(3, 2, 5, 7, 0..2, &device).inputs.into_data();
         assert_eq!(again.try_into_vec_as::<i64>().unwrap(), i);
+    }
+
+    #[test]
+    fn rank_shards_concatenate_to_the_whole_batch() {
+        #[allow(deprecated)]
+        let device = Device::ndarray();
+        let d = data(&"abcdefghijklmnopqrstuvwxyz".repeat(20));
+        let rows = |r| {
+            d.train_batch(5, 4, 6, 9, r, &device)
+                .inputs
+                .into_data()
+                .try_into_vec_as::<i64>()
+                .unwrap()
+        };
+        let whole = rows(0..4);
+        assert_eq!([rows(0..2), rows(2..4)].concat(), whole);
+        assert_eq!(rows(3..4), whole[18..]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::str::FromStr;
 
 use burn::config::Config;
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{MoeError, Result, ensure_config};
 use crate::model::MoeLm;
@@ -124,12 +125,25 @@ impl MoeLmConfig {
             + ffn
     }
 
-    /// Validates and builds the model. Errors when its weights would not fit in the memory this
-    /// machine has.
+    /// Validates and builds the model. The weights are drawn now, from the device's random
+    /// state at this call (not when a forward first touches them), so equal seeds give equal
+    /// weights in every process of a run. Errors when its weights would not fit in the memory
+    /// this machine has.
     pub fn init(&self, device: &Device) -> Result<MoeLm> {
         self.validate()?;
         crate::memory::check_fits(4.0 * self.param_count(), "the model's weights")?;
-        MoeLm::new(self, device)
+        let model = MoeLm::new(self, device)?;
+        model.visit(&mut DrawWeights);
+        Ok(model)
+    }
+}
+
+/// Draws every lazily initialised weight of a module.
+struct DrawWeights;
+
+impl ModuleVisitor for DrawWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 

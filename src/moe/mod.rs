@@ -9,7 +9,7 @@ mod layer;
 mod output;
 mod readback;
 pub mod reference;
-mod router;
+pub(crate) mod router;
 
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
 pub use dispatcher::{DeviceRouting, TokenDispatcher};

@@ -7,6 +7,7 @@
 //! reported separately for prediction points in the transient and in the stable state.
 
 pub mod arima;
+pub mod eplb;
 pub mod lstm;
 pub mod placement;
 

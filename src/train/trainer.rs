@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::config::Config;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
@@ -12,68 +11,14 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::balance::metrics::max_vio;
+use crate::dist::{
+    Collective, average_gradients, check_data_parallel, check_same_run, rank_seed, shard,
+    sync_routing,
+};
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
-use crate::train::{CheckpointState, RunDir, RunManifest, evaluate, learning_rate};
-
-/// Training settings.
-#[derive(Config, Debug)]
-pub struct TrainConfig {
-    /// Total optimizer steps.
-    #[config(default = 200)]
-    pub steps: u64,
-    /// Sequences per batch.
-    #[config(default = 16)]
-    pub batch_size: usize,
-    /// Tokens per sequence.
-    #[config(default = 64)]
-    pub seq_len: usize,
-    /// Peak learning rate (AdamW).
-    #[config(default = 3e-3)]
-    pub lr: f64,
-    /// Linear warmup steps.
-    #[config(default = 20)]
-    pub warmup_steps: u64,
-    /// Final learning rate as a fraction of the peak (cosine decay).
-    #[config(default = 0.1)]
-    pub min_lr_fraction: f64,
-    /// AdamW weight decay.
-    #[config(default = 0.01)]
-    pub weight_decay: f32,
-    /// Gradient-norm clipping threshold (0: off).
-    #[config(default = 1.0)]
-    pub grad_clip: f32,
-    /// Seed of the weights, the data order and every random draw.
-    #[config(default = 42)]
-    pub seed: u64,
-    /// Validate every this many steps (and at the end).
-    #[config(default = 100)]
-    pub eval_every: u64,
-    /// Validation batches per evaluation.
-    #[config(default = 8)]
-    pub eval_batches: usize,
-    /// Checkpoint every this many steps (and at the end).
-    #[config(default = 100)]
-    pub checkpoint_every: u64,
-}
-
-impl TrainConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(MoeError::Config(m));
-        if self.steps == 0 || self.batch_size == 0 || self.seq_len == 0 {
-            return bad("steps, batch-size and seq-len must be at least 1".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("lr must be a finite number > 0, got {}", self.lr));
-        }
-        if self.eval_every == 0 || self.checkpoint_every == 0 {
-            return bad("eval-every and checkpoint-every must be at least 1".into());
-        }
-        Ok(())
-    }
-}
+use crate::train::{CheckpointState, RunDir, RunManifest, TrainConfig, evaluate, learning_rate};
 
 /// The final summary of a run (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
@@ -159,15 +104,22 @@ pub enum TrainStart {
 
 /// Trains the run in `dir` on `device` (made autodiff here). `stop`, when set (Ctrl-C), ends
 /// the run after the current step with a checkpoint.
+///
+/// `comm` is the run's ranks ([`Solo`](crate::dist::Solo) for one process): each rank trains
+/// on its shard of every global batch of `batch_size` sequences, gradients are averaged over
+/// the ranks and the balancers see the whole batch's routing, so the ranks keep one model;
+/// rank 0 alone writes the run directory and reports progress.
 pub fn train(
     dir: &RunDir,
     start: TrainStart,
     device: &Device,
     stop: Option<Arc<AtomicBool>>,
     progress: &mut dyn Progress,
+    comm: &dyn Collective,
 ) -> Result<TrainSummary> {
     let device = device.clone().autodiff();
-    let lock = dir.lock()?;
+    let lead = comm.rank() == 0;
+    let lock = lead.then(|| dir.lock()).transpose()?;
     let (manifest, resume_to) = match start {
         TrainStart::Fresh(m) => {
             let mut m = *m;
@@ -180,6 +132,12 @@ pub fn train(
     let mut config = manifest.train.clone();
     let data = manifest.load_data()?;
     check_training_fits(&manifest)?;
+    check_data_parallel(
+        &manifest.model,
+        config.batch_size,
+        config.seq_len,
+        comm.size(),
+    )?;
 
     device.seed(config.seed);
     let mut model = manifest.model.init(&device)?;
@@ -208,15 +166,28 @@ pub fn train(
         }
         config.steps = total;
         manifest.train.steps = total;
-        truncate_after(&dir.trace_path(), state.step)?;
-        truncate_after(&dir.metrics_path(), state.step)?;
+        if lead {
+            truncate_after(&dir.trace_path(), state.step)?;
+            truncate_after(&dir.metrics_path(), state.step)?;
+        }
         progress.message(&format!("resumed from step {}", state.step));
-    } else {
-        dir.prepare_fresh(&lock)?;
+    } else if let Some(lock) = &lock {
+        dir.prepare_fresh(lock)?;
     }
-    dir.write_manifest(&manifest)?; // fresh, or resumed with a new step count
-    let mut trace = TraceWriter::append(&dir.trace_path())?;
-    let mut metrics = TraceWriter::append(&dir.metrics_path())?;
+    check_same_run(comm, &manifest, state.step)?;
+    // Rank 0 writes the run: the manifest (fresh, or resumed with a new step count), the trace
+    // and the metrics.
+    let (mut trace, mut metrics) = match lead {
+        true => {
+            dir.write_manifest(&manifest)?;
+            (
+                Some(TraceWriter::append(&dir.trace_path())?),
+                Some(TraceWriter::append(&dir.metrics_path())?),
+            )
+        }
+        false => (None, None),
+    };
+    let rows = shard(config.batch_size, comm);
 
     let started = Instant::now();
     let seconds_before = state.train_seconds;
@@ -224,31 +195,40 @@ pub fn train(
     let (mut first_loss, mut recent, mut maxvio_sum, mut steps_run) = (None, Vec::new(), 0.0, 0u64);
     let mut interrupted = false;
     let mut last_eval = None;
+    let mut traffic = comm.traffic();
     while state.step < config.steps {
         let step = state.step + 1;
         let step_started = Instant::now();
-        device.seed(step_seed(config.seed, step));
+        // Each rank draws its own noise; rank 0 draws what one process would.
+        device.seed(rank_seed(step_seed(config.seed, step), comm));
         let batch = data.train_batch(
             step,
             config.batch_size,
             config.seq_len,
             config.seed,
+            rows.clone(),
             &device,
         );
-        let out = model.forward(batch.inputs)?;
+        let mut out = model.forward(batch.inputs)?;
         let balance = out.balance_loss();
         let ce = MoeLm::cross_entropy(out.logits, batch.targets);
         let loss = match balance {
             Some(b) => ce.clone() + b,
             None => ce.clone(),
         };
-        let ce_value = ce.into_scalar::<f32>() as f64;
+        // The global batch's loss: the mean of the ranks' (equal) shards' losses.
+        let mut ce_sum = [ce.into_scalar::<f32>()];
+        comm.sum_f32(&mut ce_sum)?;
+        let ce_value = ce_sum[0] as f64 / comm.size() as f64;
         if !ce_value.is_finite() {
             return Err(MoeError::Input(format!(
                 "training diverged: loss is {ce_value} at step {step}"
             )));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = average_gradients(comm, &model, grads)?;
+        let layers: Vec<_> = model.moe_layers().collect();
+        let counts = sync_routing(comm, &layers, &mut out.moe)?;
         let lr = learning_rate(
             step,
             config.steps,
@@ -259,23 +239,21 @@ pub fn train(
         model = optim.step(lr, model, grads);
         model = model.update_balancers(&out.moe)?;
 
-        // The step's one read of each layer's routing, `2 m + 1` values: counts for the trace
-        // and the progress line (and the report of a non-finite router logit).
-        let records: Vec<TraceRecord> = out
-            .moe
-            .iter()
+        // The global batch's per-expert counts (the step's one read of each layer's routing,
+        // `2 m + 1` values, summed over the ranks): the trace and the progress line.
+        let records: Vec<TraceRecord> = counts
+            .into_iter()
             .enumerate()
-            .map(|(layer, m)| {
-                let counts = m.routing.counts()?;
-                Ok(TraceRecord {
-                    step,
-                    layer,
-                    requested: counts.requested,
-                    computed: counts.computed,
-                })
+            .map(|(layer, c)| TraceRecord {
+                step,
+                layer,
+                requested: c.requested,
+                computed: c.computed,
             })
-            .collect::<Result<_>>()?;
-        trace.write_step(&records)?;
+            .collect();
+        if let Some(trace) = &mut trace {
+            trace.write_step(&records)?;
+        }
         let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
             / records.len().max(1) as f64;
         // Share of the step's assignments its capacity dropped, over all MoE layers.
@@ -300,12 +278,24 @@ pub fn train(
         let elapsed = started.elapsed().as_secs_f64();
         let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
         progress.step(step, config.steps, ce_value, tps, maxvio);
-        metrics.write_lines(&[
-            serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr, "maxvio": maxvio,
-                "dropped": dropped, "seconds": step_seconds}),
-        ])?;
+        let mut line = serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr,
+            "maxvio": maxvio, "dropped": dropped, "seconds": step_seconds});
+        if comm.size() > 1 {
+            let sent = comm.traffic();
+            line["all_reduce_bytes"] = (sent.all_reduce - traffic.all_reduce).into();
+            line["all_gather_bytes"] = (sent.all_gather - traffic.all_gather).into();
+            traffic = sent;
+        }
+        if let Some(metrics) = &mut metrics {
+            metrics.write_lines(&[line])?;
+        }
 
-        interrupted = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        // Stop when any rank was asked to: every rank takes the same decision.
+        let mut stops = [u64::from(
+            stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)),
+        )];
+        comm.sum_u64(&mut stops)?;
+        interrupted = stops[0] > 0;
         let last = step == config.steps || interrupted;
         if step.is_multiple_of(config.eval_every) || last {
             let report = evaluate(
@@ -321,12 +311,14 @@ pub fn train(
                 report.perplexity,
                 report.mean_maxvio_global()
             ));
-            metrics.write_lines(&[
-                serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
-            ])?;
+            if let Some(metrics) = &mut metrics {
+                metrics.write_lines(&[
+                    serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
+                ])?;
+            }
             last_eval = Some(report);
         }
-        if step.is_multiple_of(config.checkpoint_every) || last {
+        if lead && (step.is_multiple_of(config.checkpoint_every) || last) {
             state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
             dir.save_checkpoint(&model, &optim, state)?;
             progress.message(&format!(

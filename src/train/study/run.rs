@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::report::{StudyReport, summarize};
 use crate::balance::{BalancerConfig, BalancerSummary};
+use crate::dist::Solo;
 use crate::error::{MoeError, Result};
 use crate::train::{Progress, RunDir, RunManifest, TrainStart, evaluate, train};
 
@@ -166,6 +167,7 @@ fn train_one(
                     device,
                     None,
                     progress,
+                    &Solo,
                 )?;
             }
             return Ok(run);
@@ -180,6 +182,7 @@ fn train_one(
         device,
         None,
         progress,
+        &Solo,
     )?;
     Ok(run)
 }

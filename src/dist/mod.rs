@@ -1,0 +1,16 @@
+//! Past one process: the collectives a multi-process run needs ([`Collective`]), for one
+//! process ([`Solo`]) or for the ranks of an MPI job ([`MpiComm`], cargo feature `mpi`), and
+//! the data-parallel step built on them ([`average_gradients`], [`sync_routing`]).
+
+mod collective;
+mod data_parallel;
+#[cfg(feature = "mpi")]
+mod mpi;
+
+pub use collective::{Collective, Solo, Traffic, launcher_world_size, ranks_from_launcher};
+pub use data_parallel::{
+    BUCKET_VALUES, average_gradients, check_data_parallel, check_same_run, rank_seed, shard,
+    sync_routing,
+};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiComm;

@@ -1,0 +1,272 @@
+//! Data-parallel training over MPI, end to end: the `burn-moe` binary launched by `mpirun` on
+//! 2 and 4 ranks (flex backend) against one process, resume across rank counts, and the clear
+//! failures (ranks disagreeing, a batch the ranks do not divide, a dead or hung rank).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_burn-moe");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-moe-mpi-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The training options every run here shares (tiny preset, 8 sequences of 32 tokens).
+fn run_args(out: &Path, steps: u64, balancer: &str) -> Vec<String> {
+    let out = out.display().to_string();
+    let steps = steps.to_string();
+    [
+        "train",
+        "--backend",
+        "flex",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "1000",
+        "--checkpoint-every",
+        "5",
+        "--json",
+        "--balancer",
+        balancer,
+        "--steps",
+        &steps,
+        "--out",
+        &out,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `mpirun` with the settings that keep a job on this machine (as root too, more ranks than
+/// cores allowed).
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &ranks.to_string()])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl", "self,vader")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    cmd
+}
+
+/// Runs `args` on `ranks` ranks (1: a plain process, no launcher).
+fn train(ranks: usize, args: &[String]) -> Output {
+    let mut cmd = if ranks == 1 {
+        Command::new(BIN)
+    } else {
+        let mut c = mpirun(ranks);
+        c.arg(BIN);
+        c
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("mpirun is installed (libopenmpi-dev openmpi-bin)");
+    assert!(
+        out.status.success(),
+        "{ranks} ranks failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `(step, train_loss)` of each step line of a run's metrics.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["train_loss"].as_f64()?)))
+        .collect()
+}
+
+fn assert_same_losses(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: step counts differ");
+    for (&(s, x), &(t, y)) in a.iter().zip(b) {
+        assert_eq!(s, t, "{what}");
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "{what}: step {s} loss {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn data_parallel_trains_as_one_process() {
+    let dir = temp_dir("equal");
+    // Loss-Free (balancer state from the summed counts) and quantile balancing (from the
+    // gathered scores).
+    for balancer in ["loss-free", "qb"] {
+        let one = dir.join(format!("{balancer}-1"));
+        train(1, &run_args(&one, 20, balancer));
+        let reference = losses(&one);
+        assert_eq!(reference.len(), 20);
+        for ranks in [2, 4] {
+            let run = dir.join(format!("{balancer}-{ranks}"));
+            train(ranks, &run_args(&run, 20, balancer));
+            assert_same_losses(
+                &losses(&run),
+                &reference,
+                &format!("{balancer}, {ranks} ranks"),
+            );
+            // Rank 0 wrote the trace of the whole batch: the same token counts.
+            let trace = |r: &Path| std::fs::read_to_string(r.join("trace.jsonl")).unwrap();
+            assert_eq!(trace(&run).lines().count(), trace(&one).lines().count());
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_of_4_ranks_resumes_on_2_and_on_1() {
+    let dir = temp_dir("resume");
+    let straight = dir.join("straight");
+    train(1, &run_args(&straight, 15, "loss-free"));
+    let four = dir.join("four");
+    train(4, &run_args(&four, 10, "loss-free"));
+    let resume = |ranks: usize, name: &str| {
+        let copy = dir.join(name);
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&four)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let args = [
+            "train",
+            "--backend",
+            "flex",
+            "--json",
+            "--steps",
+            "15",
+            "--resume",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([copy.display().to_string()])
+        .collect::<Vec<_>>();
+        train(ranks, &args);
+        losses(&copy)
+    };
+    let expected = losses(&straight);
+    assert_same_losses(&resume(2, "on-2"), &expected, "4 ranks, then 2");
+    assert_same_losses(&resume(1, "on-1"), &expected, "4 ranks, then 1");
+}
+
+fn failing(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn ranks_that_disagree_or_do_not_divide_the_batch_are_refused() {
+    let dir = temp_dir("refused");
+    let mut cmd = mpirun(1);
+    let mut a = run_args(&dir.join("a"), 5, "loss-free");
+    a.extend(["--seed".into(), "1".into()]);
+    let mut b = run_args(&dir.join("a"), 5, "loss-free");
+    b.extend(["--seed".into(), "2".into()]);
+    cmd.arg(BIN).args(&a).args([":", "-np", "1", BIN]).args(&b);
+    assert!(failing(cmd).contains("ranks disagree on the run"));
+
+    let mut cmd = mpirun(3);
+    cmd.arg(BIN).args(run_args(&dir.join("b"), 5, "loss-free"));
+    assert!(failing(cmd).contains("3 ranks do not divide the batch of 8 sequences"));
+
+    let mut cmd = mpirun(2);
+    cmd.arg(BIN).args(run_args(&dir.join("c"), 5, "bip"));
+    assert!(failing(cmd).contains("use route-then-update (bip-lagged)"));
+}
+
+/// Starts a long 2-rank run and returns it once it has trained a few steps, with the pid of
+/// its rank 1.
+fn long_run(dir: &Path) -> (Child, u32) {
+    let mut cmd = mpirun(2);
+    let mut args = run_args(dir, 1_000_000, "none");
+    args.extend(["--rank-timeout".into(), "5".into()]);
+    cmd.arg(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+        let steps = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+        if steps.lines().count() >= 3
+            && let Some(pid) = rank_pid(dir, 1)
+        {
+            return (child, pid);
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    panic!("the run did not train 3 steps within 120 s");
+}
+
+/// The pid of the rank `rank` process training into `dir`.
+fn rank_pid(dir: &Path, rank: usize) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let has = |bytes: &[u8], s: &str| bytes.split(|&b| b == 0).any(|w| w == s.as_bytes());
+        (has(&cmdline, BIN) && has(&cmdline, &dir) && has(&environ, &want)).then_some(pid)
+    })
+}
+
+/// Waits for the job to end (at most 60 s) and returns its stderr.
+fn ends_with_error(mut child: Child) -> String {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("the job did not end within 60 s of losing a rank");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_killed_rank_ends_the_job() {
+    let dir = temp_dir("killed");
+    let (child, pid) = long_run(&dir);
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = ends_with_error(child);
+    assert!(err.contains("rank 1") && err.contains("signal 9"), "{err}");
+}
+
+#[test]
+fn a_hung_rank_ends_the_job_after_the_rank_timeout() {
+    let dir = temp_dir("hung");
+    let (child, pid) = long_run(&dir);
+    let status = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = ends_with_error(child);
+    assert!(
+        err.contains("rank 0 of 2 waited") && err.contains("one of them has died or hung"),
+        "{err}"
+    );
+}
