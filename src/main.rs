@@ -20,6 +20,19 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Lets a closed stdout end the process as it ends any Unix tool (`burn-moe place ... | head`),
+/// instead of Rust's default of ignoring SIGPIPE and panicking in `println!`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn default_sigpipe() {}
+
 /// Ends the process with `code` without running the C library's exit handlers. Burn's default
 /// device is wgpu, and creating it loads Mesa's EGL, whose exit-time destructor races with its
 /// own driver threads: a process that had finished its work cleanly aborted with "double free or
@@ -40,6 +53,7 @@ fn exit_now(code: i32) -> ! {
 
 fn main() {
     tune_allocator();
+    default_sigpipe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let code = match cli::run(cli::Cli::parse()) {
         Ok(()) => 0,

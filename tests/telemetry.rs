@@ -294,6 +294,18 @@ fn analyze_predict_and_place_commands() {
         assert!(copies.iter().flatten().all(|&r| r < 4));
     }
 
+    // A reader that goes away (`| head`) ends the command without a panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_burn-moe"))
+        .args(["place", trace, "--devices", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     let (ok, _, stderr) = burn_moe(&["predict", trace, "--method", "lstm"]);
     assert!(!ok && stderr.contains("--train-trace"), "{stderr}");
     let (ok, _, stderr) = burn_moe(&["analyze", dir.join("nope.jsonl").to_str().unwrap()]);
