@@ -133,9 +133,6 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
                 (0..rows).map(|h| v[h * m + j] as f64).sum::<f64>() / rows as f64
             };
             let predicted: Vec<f64> = (0..m).map(|j| mean_over(&pred, args.horizon, j)).collect();
-            let future: Vec<f32> = (origin..origin + args.horizon)
-                .flat_map(|t| layer.row(t).iter().copied())
-                .collect();
             let recent = recent_steps(layer, origin, window, &predicted);
             let ours = place(&recent, args.devices, args.replicas)?;
             let theirs = eplb(
@@ -145,22 +142,13 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
                 args.nodes,
                 args.groups,
             )?;
-            let coming: Vec<Vec<f64>> = future
-                .chunks_exact(m)
-                .map(|r| r.iter().map(|&v| v as f64).collect())
+            // The steps that came: what every placement is scored on, and the oracle's rows.
+            let coming: Vec<Vec<f64>> = (origin..origin + args.horizon)
+                .map(|t| layer.row(t).iter().map(|&v| v as f64).collect())
                 .collect();
             let oracle = place(&coming, args.devices, args.replicas)?;
             let score = |pl: &Placement| {
-                (0..args.horizon)
-                    .map(|h| {
-                        let loads: Vec<f64> = future[h * m..(h + 1) * m]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .collect();
-                        pl.imbalance(&loads)
-                    })
-                    .sum::<f64>()
-                    / args.horizon as f64
+                coming.iter().map(|loads| pl.imbalance(loads)).sum::<f64>() / args.horizon as f64
             };
             row.contiguous += score(&contiguous);
             row.eplb += score(&theirs);

@@ -6,7 +6,6 @@ use std::ops::Range;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor, TensorData, Transaction};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -17,7 +16,7 @@ use crate::error::{MoeError, Result};
 use crate::model::MoeLmConfig;
 use crate::moe::reference::route_reference;
 use crate::moe::router::read_f32;
-use crate::moe::{ExpertCounts, Moe, MoeOutput, ScoreFunction};
+use crate::moe::{ExpertCounts, Moe, MoeOutput};
 
 /// Gradient values per all-reduce call (4 MiB of `f32`): large enough to amortise a message's
 /// latency, small enough not to double the gradients' memory at once.
@@ -231,11 +230,7 @@ fn global_state(
     out: &MoeOutput,
     state: &[f32],
 ) -> Result<Vec<f32>> {
-    let logits = out.routing.logits.clone();
-    let scores = match moe.config.score_function {
-        ScoreFunction::Softmax => softmax(logits, 1),
-        ScoreFunction::Sigmoid => sigmoid(logits),
-    };
+    let scores = moe.config.score_function.apply(out.routing.logits.clone());
     let read = |t: Tensor<1>| read_f32(Some(t.into_data()));
     let n = scores.shape().num_elements();
     let scores = comm.gather_f32(&read(scores.reshape([n]))?)?;

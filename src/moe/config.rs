@@ -1,7 +1,8 @@
 //! [`MoeConfig`]: every knob of the layer, with its default and its valid range.
 
 use burn::config::Config;
-use burn::tensor::Device;
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Device, Tensor};
 
 use crate::balance::BalancerConfig;
 use crate::error::{Result, ensure_config};
@@ -16,6 +17,16 @@ pub enum ScoreFunction {
     Softmax,
     /// Element-wise `sigmoid` (DeepSeek-V3); usually paired with `normalize_gates = true`.
     Sigmoid,
+}
+
+impl ScoreFunction {
+    /// The scores of router `logits` `[tokens, experts]`.
+    pub fn apply(self, logits: Tensor<2>) -> Tensor<2> {
+        match self {
+            ScoreFunction::Softmax => softmax(logits, 1),
+            ScoreFunction::Sigmoid => sigmoid(logits),
+        }
+    }
 }
 
 impl std::str::FromStr for ScoreFunction {

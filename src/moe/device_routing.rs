@@ -3,7 +3,6 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Distribution, Tensor};
 
 use crate::balance::{BalancerConfig, BipOrder};
@@ -29,10 +28,7 @@ impl Router {
         let (m, k) = (config.num_experts, config.top_k);
         let logits = self.logits(x, training);
         let device = logits.device();
-        let scores = match config.score_function {
-            ScoreFunction::Softmax => softmax(logits.clone(), 1),
-            ScoreFunction::Sigmoid => sigmoid(logits.clone()),
-        };
+        let scores = config.score_function.apply(logits.clone());
         let decisions = scores.clone().detach();
         let random_second = config.random_routing && training;
         let draws = random_second

@@ -4,7 +4,7 @@
 //! experts into groups) expert groups are packed onto nodes first, so that a token's experts
 //! stay within a node, and replication and packing then run inside each node.
 
-use super::placement::{Placement, check_problem};
+use super::placement::{Placement, check_problem, replica_counts};
 use crate::error::{MoeError, Result};
 
 /// EPLB's placement of experts with predicted `loads` on `devices` ranks with `replicas` extra
@@ -70,15 +70,9 @@ fn pack_node(
     first: usize,
     ranks: usize,
 ) -> Placement {
-    let mut count = vec![1usize; experts.len()];
-    for _ in 0..replicas {
-        let per_copy = |i: usize| loads[experts[i]] / count[i] as f64;
-        if let Some(i) =
-            (0..experts.len()).max_by(|&a, &b| per_copy(a).total_cmp(&per_copy(b)).then(b.cmp(&a)))
-        {
-            count[i] += 1;
-        }
-    }
+    // EPLB does not cap the copies of one expert.
+    let node_loads: Vec<f64> = experts.iter().map(|&j| loads[j]).collect();
+    let count = replica_counts(&node_loads, replicas, usize::MAX);
     let physical: Vec<usize> = (0..experts.len())
         .flat_map(|i| std::iter::repeat_n(i, count[i]))
         .collect();

@@ -177,15 +177,14 @@ pub fn train(
     check_same_run(comm, &manifest, state.step)?;
     // Rank 0 writes the run: the manifest (fresh, or resumed with a new step count), the trace
     // and the metrics.
-    let (mut trace, mut metrics) = match lead {
-        true => {
-            dir.write_manifest(&manifest)?;
-            (
-                Some(TraceWriter::append(&dir.trace_path())?),
-                Some(TraceWriter::append(&dir.metrics_path())?),
-            )
-        }
-        false => (None, None),
+    let (mut trace, mut metrics) = if lead {
+        dir.write_manifest(&manifest)?;
+        (
+            Some(TraceWriter::append(&dir.trace_path())?),
+            Some(TraceWriter::append(&dir.metrics_path())?),
+        )
+    } else {
+        (None, None)
     };
     let rows = shard(config.batch_size, comm);
 
