@@ -12,6 +12,8 @@ pub struct Traffic {
     pub all_reduce: u64,
     /// Bytes gathered from every rank (all-gather).
     pub all_gather: u64,
+    /// Bytes sent to the other ranks (all-to-all, expert parallel).
+    pub all_to_all: u64,
 }
 
 /// The collectives of a run over `size()` ranks. Every rank calls the same operations in the
@@ -30,6 +32,15 @@ pub trait Collective {
     fn gather_f32(&self, values: &[f32]) -> Result<Vec<f32>>;
     /// Every rank's `values` (the same length on every rank), concatenated in rank order.
     fn gather_u64(&self, values: &[u64]) -> Result<Vec<u64>>;
+    /// All-to-all with varying counts: `send` holds `send_counts[r]` values for each rank `r`
+    /// in rank order; returns the `recv_counts[r]` values each rank `r` sent this one, in rank
+    /// order. Every rank's `send_counts[me]` equals `me`'s `recv_counts[them]`.
+    fn exchange_f32(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+        recv_counts: &[usize],
+    ) -> Result<Vec<f32>>;
     /// What this rank has sent so far.
     fn traffic(&self) -> Traffic;
     /// Ends the whole job now with exit `code` (one rank's error must not leave the others
@@ -59,6 +70,16 @@ impl Collective for Solo {
     }
     fn gather_u64(&self, values: &[u64]) -> Result<Vec<u64>> {
         Ok(values.to_vec())
+    }
+    fn exchange_f32(&self, send: &[f32], sc: &[usize], rc: &[usize]) -> Result<Vec<f32>> {
+        if sc != [send.len()] || rc != sc {
+            return Err(crate::error::MoeError::Distributed(format!(
+                "one process exchanges with itself only: send counts {sc:?}, receive counts \
+                 {rc:?} for {} values",
+                send.len()
+            )));
+        }
+        Ok(send.to_vec())
     }
     fn traffic(&self) -> Traffic {
         Traffic::default()

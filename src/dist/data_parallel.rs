@@ -282,6 +282,9 @@ mod tests {
         fn gather_u64(&self, values: &[u64]) -> Result<Vec<u64>> {
             Ok([values, values].concat())
         }
+        fn exchange_f32(&self, _: &[f32], _: &[usize], _: &[usize]) -> Result<Vec<f32>> {
+            Err(MoeError::Distributed("this test double does not exchange".into()))
+        }
         fn traffic(&self) -> Traffic {
             Traffic::default()
         }

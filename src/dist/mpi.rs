@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mpi::Count;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -138,6 +140,53 @@ impl Collective for MpiComm {
     fn gather_u64(&self, values: &[u64]) -> Result<Vec<u64>> {
         let out = gather(self, values)?;
         self.count(|t| t.all_gather += 8 * values.len() as u64);
+        Ok(out)
+    }
+    fn exchange_f32(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+        recv_counts: &[usize],
+    ) -> Result<Vec<f32>> {
+        let counts = |c: &[usize], what: &str| -> Result<(Vec<Count>, Vec<Count>)> {
+            if c.len() != self.size {
+                return Err(MoeError::Distributed(format!(
+                    "all-to-all: {} {what} counts for {} ranks",
+                    c.len(),
+                    self.size
+                )));
+            }
+            let mut displs = Vec::with_capacity(c.len());
+            let mut at = 0usize;
+            for &n in c {
+                displs.push(at);
+                at += n;
+            }
+            if at > MAX_MESSAGE {
+                return Err(MoeError::Distributed(format!(
+                    "an all-to-all of {at} values exceeds MPI's 2^31-1 elements"
+                )));
+            }
+            let cast = |v: &[usize]| v.iter().map(|&x| x as Count).collect();
+            Ok((cast(c), cast(&displs)))
+        };
+        let (sc, sd) = counts(send_counts, "send")?;
+        let (rc, rd) = counts(recv_counts, "receive")?;
+        if send_counts.iter().sum::<usize>() != send.len() {
+            return Err(MoeError::Distributed(format!(
+                "all-to-all: send counts {send_counts:?} do not add up to {} values",
+                send.len()
+            )));
+        }
+        let mut out = vec![0f32; recv_counts.iter().sum()];
+        self.watched("all-to-all", || {
+            let sendbuf = Partition::new(send, &sc[..], &sd[..]);
+            let mut recvbuf = PartitionMut::new(&mut out[..], &rc[..], &rd[..]);
+            self.world
+                .all_to_all_varcount_into(&sendbuf, &mut recvbuf);
+        });
+        let mine = send_counts[self.rank];
+        self.count(|t| t.all_to_all += 4 * (send.len() - mine) as u64);
         Ok(out)
     }
     fn traffic(&self) -> Traffic {

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 
 use burn::config::Config;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::module::Module;
+use burn::tensor::Device;
 
 use crate::error::{MoeError, Result, ensure_config};
 use crate::model::MoeLm;
@@ -133,19 +133,11 @@ impl MoeLmConfig {
         self.validate()?;
         crate::memory::check_fits(4.0 * self.param_count(), "the model's weights")?;
         let model = MoeLm::new(self, device)?;
-        model.visit(&mut DrawWeights);
+        model.visit(&mut crate::moe::DrawWeights);
         Ok(model)
     }
 }
 
-/// Draws every lazily initialised weight of a module.
-struct DrawWeights;
-
-impl ModuleVisitor for DrawWeights {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let _ = param.val();
-    }
-}
 
 /// Named model sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -245,7 +245,9 @@ impl MoeConfig {
         4.0 * tokens as f64 * per_token
     }
 
-    /// Builds the layer on `device`, weights initialised at random.
+    /// Builds the layer on `device`, weights initialised at random. The weights are drawn now,
+    /// from the device's random state at this call, so equal seeds give equal layers in every
+    /// process.
     ///
     /// # Panics
     /// On an invalid config, with the message of [`validate`](Self::validate) (call it first
@@ -254,7 +256,9 @@ impl MoeConfig {
         if let Err(e) = self.validate() {
             panic!("MoeConfig::init: {e}");
         }
-        Moe::new(self.clone(), device)
+        let layer = Moe::new(self.clone(), device);
+        burn::module::Module::visit(&layer, &mut crate::moe::DrawWeights);
+        layer
     }
 }
 

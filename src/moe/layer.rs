@@ -1,14 +1,25 @@
 //! [`Moe`]: the layer users drop into their models in place of an FFN.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::balance::{BalancerConfig, losses};
+use crate::dist::{Collective, ExpertShard};
 use crate::error::{MoeError, Result};
 use crate::moe::router::Routed;
 use crate::moe::{ExpertFfn, MoeConfig, MoeOutput, Router, RouterOutput, Routing, TokenDispatcher};
+
+/// Draws every lazily initialised weight of a module (Burn draws a weight when it is first
+/// read): weights drawn at `init` come from the seed of that moment, alike in every process.
+pub(crate) struct DrawWeights;
+
+impl ModuleVisitor for DrawWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
 
 /// A Mixture-of-Experts FFN layer; build it with [`MoeConfig::init`].
 #[derive(Module, Debug)]
@@ -28,6 +39,10 @@ pub struct Moe {
     /// The config the layer was built from.
     #[module(skip)]
     pub config: MoeConfig,
+    /// Expert parallel: the experts this rank holds and where the others are (`None`: all
+    /// routed experts are here). Set with [`expert_parallel`](Self::expert_parallel).
+    #[module(skip)]
+    pub parallel: Option<ExpertShard>,
 }
 
 impl Moe {
@@ -54,7 +69,52 @@ impl Moe {
             balancer_state: Param::from_tensor(Tensor::zeros([config.num_experts], device))
                 .set_require_grad(false),
             config,
+            parallel: None,
         }
+    }
+
+    /// This layer as rank `shard.rank`'s part of an expert-parallel layer: it keeps the routed
+    /// experts the placement gives that rank (`experts` then holds those, in expert order) and
+    /// sends every other assignment to the rank holding its expert. Call its forward and
+    /// backward passes inside [`with_collective`](crate::dist::with_collective), on every rank
+    /// of the placement, with the same shapes; CPU backends only (the exchange goes through
+    /// host memory). Build every rank's layer from the same weights (the same seed).
+    ///
+    /// # Errors
+    /// The layer is already expert-parallel; the placement is for another expert count.
+    pub fn expert_parallel(mut self, shard: ExpertShard) -> Result<Self> {
+        if self.parallel.is_some() {
+            return Err(MoeError::Config(
+                "the layer is already expert-parallel: gather its experts first".into(),
+            ));
+        }
+        let shard = ExpertShard::new(shard.placement, self.config.num_experts, shard.rank)?;
+        self.experts = shard.shard(&self.experts);
+        self.parallel = Some(shard);
+        Ok(self)
+    }
+
+    /// The one-process form of an expert-parallel layer: every routed expert, gathered from the
+    /// ranks (call it on every rank; every rank gets them). A layer that is not
+    /// expert-parallel comes back as it is.
+    ///
+    /// # Errors
+    /// A collective failing.
+    pub fn gather_experts(mut self, comm: &dyn Collective) -> Result<Self> {
+        if let Some(shard) = self.parallel.take() {
+            self.experts = shard.gather(&self.experts, comm)?;
+        }
+        Ok(self)
+    }
+
+    /// Moves the experts to another placement (re-placement; call it on every rank): each rank
+    /// ends up with the experts `shard` gives it, whichever rank held them before.
+    ///
+    /// # Errors
+    /// As [`gather_experts`](Self::gather_experts) and
+    /// [`expert_parallel`](Self::expert_parallel).
+    pub fn replace_experts(self, shard: ExpertShard, comm: &dyn Collective) -> Result<Self> {
+        self.gather_experts(comm)?.expert_parallel(shard)
     }
 
     /// Routes every token to its experts and combines their outputs.
@@ -103,7 +163,11 @@ impl Moe {
         let x = x.reshape([batch * seq, d_model]);
 
         let dispatcher = TokenDispatcher::new(&routed.routing.device);
-        let expert_out = dispatcher.run_experts(&self.experts, dispatcher.dispatch(x.clone()));
+        let sorted = dispatcher.dispatch(x.clone());
+        let expert_out = match &self.parallel {
+            None => dispatcher.run_experts(&self.experts, sorted),
+            Some(shard) => shard.run_experts(&self.experts, sorted, dispatcher.groups())?,
+        };
         let mut y = dispatcher.combine(expert_out, routed.gates);
         if let Some(shared) = &self.shared {
             let mut s: Tensor<2> = shared.forward(x.clone().unsqueeze_dim(0)).squeeze_dim(0);

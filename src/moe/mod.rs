@@ -14,6 +14,7 @@ pub(crate) mod router;
 pub use config::{ExpertActivation, MoeConfig, ScoreFunction};
 pub use dispatcher::{DeviceRouting, TokenDispatcher};
 pub use experts::ExpertFfn;
+pub(crate) use layer::DrawWeights;
 pub use layer::Moe;
 pub use output::{ExpertCounts, HostRouting, MoeOutput, RouterOutput, Routing};
 pub(crate) use readback::count_read;
