@@ -40,7 +40,15 @@ fn manifest(model: MoeLmConfig, steps: u64, data: Option<PathBuf>) -> RunManifes
 }
 
 fn run(dir: &Path, start: TrainStart, device: &Device) -> burn_moe::Result<TrainSummary> {
-    train(&RunDir::create(dir)?, start, device, None, &mut (), &Solo)
+    train(
+        &RunDir::create(dir)?,
+        start,
+        device,
+        None,
+        &mut (),
+        &Solo,
+        &Default::default(),
+    )
 }
 
 #[test]

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use burn_moe::BackendKind;
 use burn_moe::balance::BalancerConfig;
 use burn_moe::data::TextData;
-use burn_moe::dist::{Collective, ranks_from_launcher};
+use burn_moe::dist::{Collective, ExpertParallel, ranks_from_launcher, read_placement};
 use burn_moe::model::{MoeLmConfig, Preset};
 use burn_moe::train::{
     Progress, RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, evaluate, generate,
@@ -76,6 +76,24 @@ pub struct TrainArgs {
     /// job (a rank has died or hung).
     #[arg(long, default_value_t = 300)]
     pub rank_timeout: u64,
+    /// Under mpirun: spread each MoE layer's routed experts over this many ranks (the run's
+    /// rank count; each rank also trains on its shard of the batch). 0: data parallel only.
+    #[arg(long, default_value_t = 0)]
+    pub expert_parallel: usize,
+    /// With --expert-parallel: the experts' ranks per MoE layer, from `burn-moe place --write`
+    /// (default: contiguous blocks of experts).
+    #[arg(long, requires = "expert_parallel")]
+    pub placement: Option<PathBuf>,
+    /// With --expert-parallel: re-place the experts every N steps from the mean load of the
+    /// last --replace-window steps, moving weights and optimizer state (0: never).
+    #[arg(long, default_value_t = 0, requires = "expert_parallel")]
+    pub replace_every: u64,
+    /// Steps whose mean load predicts the next ones at a re-placement.
+    #[arg(long, default_value_t = 100)]
+    pub replace_window: usize,
+    /// Replicas of hot experts a re-placement may add (each on its own rank).
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
 }
 
 /// Data, batch and model-shape options shared by `train` and `study`.
@@ -267,9 +285,10 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
     };
     let mut bar = Bar::new(args.json || !lead);
     if !args.json && lead {
-        let ranks = match comm.size() {
-            1 => String::new(),
-            n => format!(", data parallel over {n} ranks"),
+        let ranks = match (comm.size(), args.expert_parallel) {
+            (1, 0) => String::new(),
+            (n, 0) => format!(", data parallel over {n} ranks"),
+            (n, _) => format!(", data and expert parallel over {n} ranks"),
         };
         eprintln!(
             "training on {} ({}){ranks}, run directory {}",
@@ -278,7 +297,22 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
             dir.root().display()
         );
     }
-    let summary = train(&dir, start, &device, Some(stop_flag()), &mut bar, comm)?;
+    let experts = ExpertParallel {
+        ranks: args.expert_parallel,
+        placement: args.placement.as_deref().map(read_placement).transpose()?,
+        replace_every: args.replace_every,
+        window: args.replace_window,
+        replicas: args.replicas,
+    };
+    let summary = train(
+        &dir,
+        start,
+        &device,
+        Some(stop_flag()),
+        &mut bar,
+        comm,
+        &experts,
+    )?;
     bar.finish();
     if !lead {
         return Ok(());

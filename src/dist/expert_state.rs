@@ -2,7 +2,7 @@
 //! `[experts, ..]` weights, with their gradients and optimizer state. Checkpoints hold the full
 //! tensors (gathered from the ranks), so a run resumes on any rank count, one process included.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Int, Tensor, TensorData};
 
@@ -151,6 +151,40 @@ impl ExpertShard {
         }
         Ok(())
     }
+}
+
+/// Averages a model's gradients over the ranks: the experts of its expert-parallel `layers` as
+/// [`ExpertShard::average_gradients`] says, every other parameter with
+/// [`average_gradients`](super::average_gradients).
+///
+/// # Errors
+/// A collective failing.
+pub fn average_model_gradients<M: Module>(
+    comm: &dyn Collective,
+    model: &M,
+    layers: &[&Moe],
+    mut grads: GradientsParams,
+) -> Result<GradientsParams> {
+    let mut experts = GradientsParams::new();
+    for layer in layers.iter().filter(|l| l.parallel.is_some()) {
+        for w in weights(&layer.experts) {
+            if let Some(g) = grads.remove::<3>(w.id) {
+                experts.register::<3>(w.id, g);
+            }
+        }
+    }
+    let mut grads = super::average_gradients(comm, model, grads)?;
+    for layer in layers {
+        if let Some(shard) = &layer.parallel {
+            shard.average_gradients(&layer.experts, &mut experts, comm)?;
+            for w in weights(&layer.experts) {
+                if let Some(g) = experts.remove::<3>(w.id) {
+                    grads.register::<3>(w.id, g);
+                }
+            }
+        }
+    }
+    Ok(grads)
 }
 
 /// The optimizer state of `layers`' experts (expert-parallel ones: this rank's slots) gathered

@@ -8,6 +8,7 @@ mod data_parallel;
 mod exchange;
 mod expert_parallel;
 mod expert_state;
+mod layout;
 #[cfg(feature = "mpi")]
 mod mpi;
 
@@ -18,6 +19,7 @@ pub use data_parallel::{
 };
 pub use exchange::{Exchange, current_collective, exchange_rows, with_collective};
 pub use expert_parallel::ExpertShard;
-pub use expert_state::{gather_optimizer, shard_optimizer};
+pub use expert_state::{average_model_gradients, gather_optimizer, shard_optimizer};
+pub use layout::{ExpertParallel, read_placement};
 #[cfg(feature = "mpi")]
 pub use mpi::MpiComm;

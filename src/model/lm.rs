@@ -136,6 +136,25 @@ impl MoeLm {
         })
     }
 
+    /// The model with each MoE layer replaced by `f(i, layer)` (`i`: its index among the MoE
+    /// layers), e.g. to make the layers expert-parallel.
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn map_moe_layers(
+        mut self,
+        mut f: impl FnMut(usize, crate::moe::Moe) -> Result<crate::moe::Moe>,
+    ) -> Result<Self> {
+        let mut i = 0;
+        for block in &mut self.blocks {
+            if let Ffn::Moe(moe) = &mut block.ffn {
+                *moe = f(i, moe.clone())?;
+                i += 1;
+            }
+        }
+        Ok(self)
+    }
+
     /// Applies every MoE layer's proposed balancer state (from a training forward):
     /// `outputs[i]` goes to the `i`-th MoE layer, dense blocks skipped. Errors unless there is
     /// one output per MoE layer, each from a layer of its expert count.

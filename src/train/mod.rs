@@ -2,6 +2,7 @@
 
 mod config;
 mod eval;
+mod expert_run;
 mod generate;
 #[cfg(feature = "learner")]
 pub mod learner;

@@ -12,12 +12,13 @@ use serde::Serialize;
 
 use crate::balance::metrics::max_vio;
 use crate::dist::{
-    Collective, average_gradients, check_data_parallel, check_same_run, rank_seed, shard,
-    sync_routing,
+    Collective, ExpertParallel, average_model_gradients, check_data_parallel, check_same_run,
+    rank_seed, shard, sync_routing, with_collective,
 };
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
+use crate::train::expert_run::ExpertRun;
 use crate::train::{CheckpointState, RunDir, RunManifest, TrainConfig, evaluate, learning_rate};
 
 /// The final summary of a run (`--json` prints it).
@@ -108,7 +109,9 @@ pub enum TrainStart {
 /// `comm` is the run's ranks ([`Solo`](crate::dist::Solo) for one process): each rank trains
 /// on its shard of every global batch of `batch_size` sequences, gradients are averaged over
 /// the ranks and the balancers see the whole batch's routing, so the ranks keep one model;
-/// rank 0 alone writes the run directory and reports progress.
+/// rank 0 alone writes the run directory and reports progress. `experts` spreads the MoE
+/// layers' experts over the ranks (expert parallel; checkpoints still hold the whole model,
+/// so a run resumes on any rank count).
 pub fn train(
     dir: &RunDir,
     start: TrainStart,
@@ -116,6 +119,21 @@ pub fn train(
     stop: Option<Arc<AtomicBool>>,
     progress: &mut dyn Progress,
     comm: &dyn Collective,
+    experts: &ExpertParallel,
+) -> Result<TrainSummary> {
+    with_collective(comm, || {
+        train_ranks(dir, start, device, stop, progress, comm, experts)
+    })
+}
+
+fn train_ranks(
+    dir: &RunDir,
+    start: TrainStart,
+    device: &Device,
+    stop: Option<Arc<AtomicBool>>,
+    progress: &mut dyn Progress,
+    comm: &dyn Collective,
+    experts: &ExpertParallel,
 ) -> Result<TrainSummary> {
     let device = device.clone().autodiff();
     let lead = comm.rank() == 0;
@@ -175,6 +193,10 @@ pub fn train(
         dir.prepare_fresh(lock)?;
     }
     check_same_run(comm, &manifest, state.step)?;
+    let mut expert_run = ExpertRun::new(experts, &model, comm.size())?;
+    if let Some(ep) = &expert_run {
+        (model, optim) = ep.shard(model, optim, optimizer(&config), comm.rank())?;
+    }
     // Rank 0 writes the run: the manifest (fresh, or resumed with a new step count), the trace
     // and the metrics.
     let (mut trace, mut metrics) = if lead {
@@ -225,8 +247,8 @@ pub fn train(
             )));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let grads = average_gradients(comm, &model, grads)?;
         let layers: Vec<_> = model.moe_layers().collect();
+        let grads = average_model_gradients(comm, &model, &layers, grads)?;
         let counts = sync_routing(comm, &layers, &mut out.moe)?;
         let lr = learning_rate(
             step,
@@ -279,10 +301,14 @@ pub fn train(
         progress.step(step, config.steps, ce_value, tps, maxvio);
         let mut line = serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr,
             "maxvio": maxvio, "dropped": dropped, "seconds": step_seconds});
+        if let Some(ep) = &mut expert_run {
+            line["straggler"] = ep.observe(&records).into();
+        }
         if comm.size() > 1 {
             let sent = comm.traffic();
             line["all_reduce_bytes"] = (sent.all_reduce - traffic.all_reduce).into();
             line["all_gather_bytes"] = (sent.all_gather - traffic.all_gather).into();
+            line["all_to_all_bytes"] = (sent.all_to_all - traffic.all_to_all).into();
             traffic = sent;
         }
         if let Some(metrics) = &mut metrics {
@@ -317,13 +343,29 @@ pub fn train(
             }
             last_eval = Some(report);
         }
-        if lead && (step.is_multiple_of(config.checkpoint_every) || last) {
-            state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-            dir.save_checkpoint(&model, &optim, state)?;
-            progress.message(&format!(
-                "step {step}: checkpoint saved in {}",
-                dir.root().display()
-            ));
+        if step.is_multiple_of(config.checkpoint_every) || last {
+            // Expert parallel: every rank sends its experts and their state; rank 0 writes the
+            // whole model.
+            let full = match &expert_run {
+                Some(ep) => Some(ep.gather(&model, &optim, optimizer(&config), comm)?),
+                None => None,
+            };
+            if lead {
+                let (m, o) = full.as_ref().map_or((&model, &optim), |(m, o)| (m, o));
+                state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                dir.save_checkpoint(m, o, state)?;
+                progress.message(&format!(
+                    "step {step}: checkpoint saved in {}",
+                    dir.root().display()
+                ));
+            }
+        }
+        if let Some(ep) = &mut expert_run
+            && !last
+            && let Some(message) =
+                ep.maybe_replace(step, &mut model, &mut optim, || optimizer(&config), comm)?
+        {
+            progress.message(&message);
         }
         if interrupted {
             break;

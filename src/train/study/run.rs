@@ -168,6 +168,7 @@ fn train_one(
                     None,
                     progress,
                     &Solo,
+                    &Default::default(),
                 )?;
             }
             return Ok(run);
@@ -183,6 +184,7 @@ fn train_one(
         None,
         progress,
         &Solo,
+        &Default::default(),
     )?;
     Ok(run)
 }

@@ -1,0 +1,133 @@
+//! The expert-parallel side of a training run: sharding the model and its optimizer state,
+//! the full state for checkpoints, the per-step straggler factor, and re-placement from the
+//! live loads.
+
+use std::collections::VecDeque;
+
+use burn::optim::ModuleOptimizer;
+
+use crate::dist::{Collective, ExpertParallel, ExpertShard, gather_optimizer, shard_optimizer};
+use crate::error::Result;
+use crate::model::MoeLm;
+use crate::predict::placement::Placement;
+use crate::telemetry::trace::TraceRecord;
+
+/// An expert-parallel run's placements and recent loads.
+pub(crate) struct ExpertRun {
+    options: ExpertParallel,
+    placements: Vec<Placement>,
+    /// Per layer, the last `window` steps' computed rows per expert.
+    recent: Vec<VecDeque<Vec<f64>>>,
+}
+
+impl ExpertRun {
+    /// Checks the options against the model and the run's ranks; `None` when off.
+    pub fn new(options: &ExpertParallel, model: &MoeLm, ranks: usize) -> Result<Option<Self>> {
+        if !options.enabled() {
+            return Ok(None);
+        }
+        let layers = model.moe_layers().count();
+        let experts = model.moe_layers().next().map_or(0, |l| l.config.num_experts);
+        let placements = options.placements(layers, experts, ranks)?;
+        Ok(Some(ExpertRun {
+            options: options.clone(),
+            placements,
+            recent: vec![VecDeque::new(); layers],
+        }))
+    }
+
+    /// Makes the full model's MoE layers expert-parallel (this rank's experts) and cuts a full
+    /// optimizer state (a resumed checkpoint's; a fresh one holds none) to match.
+    pub fn shard(
+        &self,
+        model: MoeLm,
+        optim: ModuleOptimizer,
+        fresh: ModuleOptimizer,
+        rank: usize,
+    ) -> Result<(MoeLm, ModuleOptimizer)> {
+        let model = model.map_moe_layers(|i, layer| {
+            let shard = ExpertShard::new(self.placements[i].clone(), layer.config.num_experts, rank)?;
+            layer.expert_parallel(shard)
+        })?;
+        let layers: Vec<_> = model.moe_layers().collect();
+        let optim = shard_optimizer(&optim, fresh, &layers)?;
+        Ok((model, optim))
+    }
+
+    /// The full model and optimizer state (what one process would hold), on every rank.
+    pub fn gather(
+        &self,
+        model: &MoeLm,
+        optim: &ModuleOptimizer,
+        fresh: ModuleOptimizer,
+        comm: &dyn Collective,
+    ) -> Result<(MoeLm, ModuleOptimizer)> {
+        let layers: Vec<_> = model.moe_layers().collect();
+        let optim = gather_optimizer(optim, fresh, &layers, comm)?;
+        let model = model.clone().map_moe_layers(|_, l| l.gather_experts(comm))?;
+        Ok((model, optim))
+    }
+
+    /// Records a step's global per-expert counts; returns its straggler factor: the busiest
+    /// rank's expert rows over the mean, averaged over the layers.
+    pub fn observe(&mut self, records: &[TraceRecord]) -> f64 {
+        let mut sum = 0.0;
+        for (i, r) in records.iter().enumerate() {
+            let loads: Vec<f64> = r.computed.iter().map(|&c| c as f64).collect();
+            sum += self.placements[i].imbalance(&loads);
+            let window = &mut self.recent[i];
+            window.push_back(loads);
+            while window.len() > self.options.window.max(1) {
+                window.pop_front();
+            }
+        }
+        sum / records.len().max(1) as f64
+    }
+
+    /// At every `replace_every`-th step: places each layer anew from its window's loads and
+    /// moves the experts and their optimizer state there. Returns a message for the progress
+    /// output when it did.
+    pub fn maybe_replace(
+        &mut self,
+        step: u64,
+        model: &mut MoeLm,
+        optim: &mut ModuleOptimizer,
+        fresh: impl Fn() -> ModuleOptimizer,
+        comm: &dyn Collective,
+    ) -> Result<Option<String>> {
+        let every = self.options.replace_every;
+        if every == 0 || !step.is_multiple_of(every) {
+            return Ok(None);
+        }
+        let recent: Vec<Vec<Vec<f64>>> = self
+            .recent
+            .iter()
+            .map(|w| w.iter().cloned().collect())
+            .collect();
+        let next = self.options.replace(&recent, comm.size())?;
+        let factor = |p: &[Placement]| {
+            let mut total = 0.0;
+            for (placement, rows) in p.iter().zip(&recent) {
+                total += rows.iter().map(|l| placement.imbalance(l)).sum::<f64>()
+                    / rows.len().max(1) as f64;
+            }
+            total / p.len().max(1) as f64
+        };
+        let (before, after) = (factor(&self.placements), factor(&next));
+        let layers: Vec<_> = model.moe_layers().collect();
+        let full = gather_optimizer(optim, fresh(), &layers, comm)?;
+        let moved = model.clone().map_moe_layers(|i, layer| {
+            let shard = ExpertShard::new(next[i].clone(), layer.config.num_experts, comm.rank())?;
+            layer.replace_experts(shard, comm)
+        })?;
+        let layers: Vec<_> = moved.moe_layers().collect();
+        *optim = shard_optimizer(&full, fresh(), &layers)?;
+        *model = moved;
+        self.placements = next;
+        Ok(Some(format!(
+            "step {step}: experts re-placed from the last {} steps' loads: straggler factor on \
+             those steps {before:.3} -> {after:.3}",
+            recent.first().map_or(0, Vec::len)
+        )))
+    }
+}
