@@ -18,7 +18,7 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_moe::dist::{
-    Collective, ExpertShard, average_gradients, ranks_from_launcher, with_collective,
+    Collective, ExpertShard, Solo, average_model_gradients, ranks_from_launcher, with_collective,
 };
 use burn_moe::predict::placement::Placement;
 use burn_moe::{BackendKind, Moe, MoeConfig};
@@ -31,7 +31,8 @@ const ROWS_PER_RANK: usize = 2;
 fn values(len: usize, seed: u64) -> Vec<f32> {
     (0..len as u64)
         .map(|i| {
-            let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
             let z = (z ^ (z >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
@@ -117,21 +118,18 @@ fn check(
             .into_iter()
             .map(|v| v / n as f32)
             .collect();
-        let mut g = GradientsParams::from_grads(grads, &layer);
-        let mut experts_only = GradientsParams::new();
-        for id in [layer.experts.w_in.id, layer.experts.w_out.id]
-            .into_iter()
-            .chain(layer.experts.w_gate.as_ref().map(|w| w.id))
-        {
-            if let Some(t) = g.remove::<3>(id) {
-                experts_only.register::<3>(id, t);
-            }
-        }
-        let g = average_gradients(comm, &layer, g)?;
+        // The router's gradients averaged over the ranks, the experts' summed over their
+        // copies and scaled alike.
+        let layers = [&layer];
+        let g = GradientsParams::from_grads(grads, &layer);
+        let g = average_model_gradients(comm, comm, &Solo, &layer, &layers, g)?;
         let shard = layer.parallel.clone().expect("expert parallel");
-        shard.average_gradients(&layer.experts, &mut experts_only, comm)?;
         let router = |g: &GradientsParams, id| {
-            g.get::<2>(id).expect("router grad").into_data().try_to_vec::<f32>().expect("f32")
+            g.get::<2>(id)
+                .expect("router grad")
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32")
         };
         let pairs = [
             ("output", read(y), want_y[mine.clone()].to_vec()),
@@ -148,7 +146,7 @@ fn check(
             (&layer.experts.w_in, &full.experts.w_in),
             (&layer.experts.w_out, &full.experts.w_out),
         ] {
-            let got = read(experts_only.get::<3>(ours.id).expect("expert grad"));
+            let got = read(g.get::<3>(ours.id).expect("expert grad"));
             let all = read(one.get::<3>(theirs.id).expect("expert grad"));
             let per = all.len() / experts;
             let want: Vec<f32> = local
@@ -201,10 +199,26 @@ fn main() {
         }
     }
     let cases = [
-        Case { name: "dropless", capacity: None, skewed: false },
-        Case { name: "capacity 1.0", capacity: Some(1.0), skewed: false },
-        Case { name: "capacity 1.5, all tokens to experts 0 and 1", capacity: Some(1.5), skewed: true },
-        Case { name: "dropless, all tokens to experts 0 and 1", capacity: None, skewed: true },
+        Case {
+            name: "dropless",
+            capacity: None,
+            skewed: false,
+        },
+        Case {
+            name: "capacity 1.0",
+            capacity: Some(1.0),
+            skewed: false,
+        },
+        Case {
+            name: "capacity 1.5, all tokens to experts 0 and 1",
+            capacity: Some(1.5),
+            skewed: true,
+        },
+        Case {
+            name: "dropless, all tokens to experts 0 and 1",
+            capacity: None,
+            skewed: true,
+        },
     ];
     for case in &cases {
         match check(&*comm, &device, case, &[contiguous.clone(), moved.clone()]) {

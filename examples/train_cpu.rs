@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         &mut (),
         &Solo,
+        &Default::default(),
     )?;
     println!(
         "{backend}: train loss {:.3} -> {:.3}, val loss {:.3}, {:.0} tokens/s",

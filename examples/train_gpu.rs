@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         &mut (),
         &Solo,
+        &Default::default(),
     )?;
     println!(
         "val loss {:.3}, {:.0} tokens/s",

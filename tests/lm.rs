@@ -149,6 +149,7 @@ fn resume_matches_an_uninterrupted_run() {
             Some(stop),
             &mut stopper,
             &Solo,
+            &Default::default(),
         )
         .unwrap();
         assert!(first.interrupted && first.steps == 10);

@@ -1,6 +1,7 @@
-//! Data-parallel training over MPI, end to end: the `burn-moe` binary launched by `mpirun` on
-//! 2 and 4 ranks (flex backend) against one process, resume across rank counts, and the clear
-//! failures (ranks disagreeing, a batch the ranks do not divide, a dead or hung rank).
+//! Data- and expert-parallel training over MPI, end to end: the `burn-moe` binary (and the
+//! `expert_parallel` example) launched by `mpirun` on 2 and 4 ranks (flex backend) against one
+//! process, resume across rank counts, re-placement with replicas, and the clear failures
+//! (ranks disagreeing, a batch or experts the ranks do not divide, a dead or hung rank).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -132,34 +133,225 @@ fn a_checkpoint_of_4_ranks_resumes_on_2_and_on_1() {
     train(1, &run_args(&straight, 15, "loss-free"));
     let four = dir.join("four");
     train(4, &run_args(&four, 10, "loss-free"));
-    let resume = |ranks: usize, name: &str| {
-        let copy = dir.join(name);
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(&four)
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let args = [
-            "train",
-            "--backend",
-            "flex",
-            "--json",
-            "--steps",
-            "15",
-            "--resume",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([copy.display().to_string()])
-        .collect::<Vec<_>>();
-        train(ranks, &args);
-        losses(&copy)
-    };
     let expected = losses(&straight);
-    assert_same_losses(&resume(2, "on-2"), &expected, "4 ranks, then 2");
-    assert_same_losses(&resume(1, "on-1"), &expected, "4 ranks, then 1");
+    for ranks in [2, 1] {
+        let copy = dir.join(format!("on-{ranks}"));
+        let resumed = resume_copy(&four, &copy, ranks, 15, &[]);
+        assert_same_losses(&resumed, &expected, &format!("4 ranks, then {ranks}"));
+    }
+}
+
+/// Copies the run `from` to `copy`, resumes the copy on `ranks` ranks to `steps` steps (with
+/// `extra` options) and returns its losses.
+fn resume_copy(
+    from: &Path,
+    copy: &Path,
+    ranks: usize,
+    steps: u64,
+    extra: &[&str],
+) -> Vec<(u64, f64)> {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut args: Vec<String> = ["train", "--backend", "flex", "--json", "--steps"]
+        .map(String::from)
+        .to_vec();
+    args.extend([
+        steps.to_string(),
+        "--resume".into(),
+        copy.display().to_string(),
+    ]);
+    train(ranks, &with(args, extra));
+    losses(copy)
+}
+
+/// `key` of each step line of a run's metrics.
+fn metric(run: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["train_loss"].is_f64())
+        .map(|v| v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {v}")))
+        .collect()
+}
+
+fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The layer itself: forward outputs, input, router and expert gradients of 2 and 4 ranks
+/// equal one process's, with and without a capacity, with replicas, after a re-placement,
+/// and with ranks that receive no token (the `expert_parallel` example checks them).
+#[test]
+fn the_expert_parallel_layer_equals_one_process() {
+    let example = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/expert_parallel");
+    assert!(
+        example.is_file(),
+        "{} is built by cargo test --features mpi",
+        example.display()
+    );
+    for ranks in [2, 4] {
+        let out = mpirun(ranks).arg(&example).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{ranks} ranks: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.matches("expert parallel = one process").count(),
+            4,
+            "{stdout}"
+        );
+    }
+}
+
+/// Expert-parallel training (contiguous on 2 ranks; re-placed every 5 steps with 2 replicas
+/// on 4; two groups of 2 ranks with a `place --write` file) trains as one process does.
+#[test]
+fn expert_parallel_training_equals_one_process() {
+    let dir = temp_dir("ep");
+    let one = dir.join("one");
+    train(1, &run_args(&one, 20, "loss-free"));
+    let reference = losses(&one);
+    let two = dir.join("two");
+    train(
+        2,
+        &with(run_args(&two, 20, "loss-free"), &["--expert-parallel", "2"]),
+    );
+    assert_same_losses(&losses(&two), &reference, "2 expert-parallel ranks");
+    assert!(metric(&two, "all_to_all_bytes").iter().all(|&b| b > 0.0));
+    let moved = dir.join("moved");
+    let args = with(
+        run_args(&moved, 20, "loss-free"),
+        &[
+            "--expert-parallel",
+            "4",
+            "--replace-every",
+            "5",
+            "--replace-window",
+            "5",
+            "--replicas",
+            "2",
+        ],
+    );
+    train(4, &args);
+    assert_same_losses(
+        &losses(&moved),
+        &reference,
+        "4 ranks, re-placed with replicas",
+    );
+    // The straggler factor: the busiest rank's expert rows over the mean, >= 1.
+    assert!(metric(&moved, "straggler").iter().all(|&f| f >= 1.0));
+
+    let file = dir.join("placement.json");
+    let place = Command::new(BIN)
+        .arg("place")
+        .arg(one.join("trace.jsonl"))
+        .args([
+            "--devices",
+            "2",
+            "--replicas",
+            "1",
+            "--window",
+            "5",
+            "--horizon",
+            "5",
+        ])
+        .args(["--stride", "5", "--json", "--write"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        place.status.success(),
+        "{}",
+        String::from_utf8_lossy(&place.stderr)
+    );
+    let placed = dir.join("placed");
+    let file = file.display().to_string();
+    let args = with(
+        run_args(&placed, 20, "loss-free"),
+        &["--expert-parallel", "2", "--placement", &file],
+    );
+    train(4, &args);
+    assert_same_losses(
+        &losses(&placed),
+        &reference,
+        "4 ranks in 2 groups, placement file",
+    );
+}
+
+#[test]
+fn an_expert_parallel_checkpoint_resumes_on_other_rank_counts() {
+    let dir = temp_dir("ep-resume");
+    let straight = dir.join("straight");
+    train(1, &run_args(&straight, 15, "loss-free"));
+    let four = dir.join("four");
+    train(
+        4,
+        &with(
+            run_args(&four, 10, "loss-free"),
+            &["--expert-parallel", "4"],
+        ),
+    );
+    let expected = losses(&straight);
+    for (ranks, extra) in [(2, vec!["--expert-parallel", "2"]), (1, vec![])] {
+        let copy = dir.join(format!("on-{ranks}"));
+        let resumed = resume_copy(&four, &copy, ranks, 15, &extra);
+        assert_same_losses(&resumed, &expected, &format!("4 ranks, then {ranks}"));
+    }
+}
+
+#[test]
+fn expert_parallel_setups_that_cannot_work_are_refused() {
+    let dir = temp_dir("ep-refused");
+    let mut cmd = mpirun(2);
+    cmd.arg(BIN).args(with(
+        run_args(&dir.join("a"), 5, "none"),
+        &["--expert-parallel", "4"],
+    ));
+    let err = failing(cmd);
+    assert!(
+        err.contains("--expert-parallel 4 does not divide the run's 2 ranks"),
+        "{err}"
+    );
+
+    let mut args = with(
+        run_args(&dir.join("b"), 5, "none"),
+        &["--expert-parallel", "3"],
+    );
+    let at = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[at + 1] = "6".into();
+    let mut cmd = mpirun(3);
+    cmd.arg(BIN).args(args);
+    let err = failing(cmd);
+    assert!(
+        err.contains("3 expert-parallel ranks do not divide the 8 experts"),
+        "{err}"
+    );
+
+    let file = dir.join("p.json");
+    std::fs::write(&file, r#"{"devices": 4, "layers": [[[0],[1],[2],[3],[0],[1],[2],[3]], [[0],[1],[2],[3],[0],[1],[2],[3]]]}"#).unwrap();
+    let file = file.display().to_string();
+    let mut cmd = mpirun(2);
+    cmd.arg(BIN).args(with(
+        run_args(&dir.join("c"), 5, "none"),
+        &["--expert-parallel", "2", "--placement", &file],
+    ));
+    let err = failing(cmd);
+    assert!(
+        err.contains("layer 0 is for 4 ranks, an expert-parallel group has 2"),
+        "{err}"
+    );
 }
 
 fn failing(mut cmd: Command) -> String {

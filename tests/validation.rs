@@ -109,3 +109,39 @@ fn nan_and_inf_inputs_are_reported_for_both_score_functions() {
         }
     }
 }
+
+/// Expert parallel: a placement that does not fit the layer, a layer already spread, a wgpu
+/// layer (the exchange goes through host memory), and a forward outside `with_collective`.
+#[test]
+fn expert_parallel_misuse_is_refused_with_a_message() {
+    use burn_moe::dist::ExpertShard;
+    use burn_moe::predict::placement::Placement;
+    let (moe, device) = layer(MoeConfig::new(8, 8, 4));
+    let shard = |experts| ExpertShard::new(Placement::contiguous(4, 2), experts, 0);
+    let err = shard(5).unwrap_err().to_string();
+    assert!(err.contains("places 4 experts, the layer has 5"), "{err}");
+    let spread = moe.clone().expert_parallel(shard(4).unwrap()).unwrap();
+    assert_eq!(spread.experts.experts(), 2);
+    let err = spread
+        .clone()
+        .expert_parallel(shard(4).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already expert-parallel"), "{err}");
+    let err = spread
+        .try_forward(tensor3(normal_vec(2 * 8, 3), [1, 2, 8], &device))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside burn_moe::dist::with_collective"),
+        "{err}"
+    );
+    if let Some(gpu) = wgpu_device(false) {
+        let err = MoeConfig::new(8, 8, 4)
+            .init(&gpu)
+            .expert_parallel(shard(4).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CPU backends (flex, ndarray) only"), "{err}");
+    }
+}

@@ -76,8 +76,9 @@ pub struct TrainArgs {
     /// job (a rank has died or hung).
     #[arg(long, default_value_t = 300)]
     pub rank_timeout: u64,
-    /// Under mpirun: spread each MoE layer's routed experts over this many ranks (the run's
-    /// rank count; each rank also trains on its shard of the batch). 0: data parallel only.
+    /// Under mpirun: spread each MoE layer's routed experts over groups of this many
+    /// consecutive ranks (a divisor of the rank count; every group holds all the experts, each
+    /// rank trains on its shard of the batch). 0: data parallel only.
     #[arg(long, default_value_t = 0)]
     pub expert_parallel: usize,
     /// With --expert-parallel: the experts' ranks per MoE layer, from `burn-moe place --write`
@@ -288,7 +289,7 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
         let ranks = match (comm.size(), args.expert_parallel) {
             (1, 0) => String::new(),
             (n, 0) => format!(", data parallel over {n} ranks"),
-            (n, _) => format!(", data and expert parallel over {n} ranks"),
+            (n, e) => format!(", data parallel over {n} ranks, experts spread over groups of {e}"),
         };
         eprintln!(
             "training on {} ({}){ranks}, run directory {}",

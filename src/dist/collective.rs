@@ -41,7 +41,10 @@ pub trait Collective {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Vec<f32>>;
-    /// What this rank has sent so far.
+    /// The ranks that pass the same `color` as this one, as a collective of their own (in
+    /// their order here). Every rank calls it.
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>>;
+    /// What this rank has sent so far (all collectives split from one world together).
     fn traffic(&self) -> Traffic;
     /// Ends the whole job now with exit `code` (one rank's error must not leave the others
     /// waiting in a collective).
@@ -80,6 +83,9 @@ impl Collective for Solo {
             )));
         }
         Ok(send.to_vec())
+    }
+    fn split(&self, _: usize) -> Result<Box<dyn Collective>> {
+        Ok(Box::new(Solo))
     }
     fn traffic(&self) -> Traffic {
         Traffic::default()

@@ -283,7 +283,14 @@ mod tests {
             Ok([values, values].concat())
         }
         fn exchange_f32(&self, _: &[f32], _: &[usize], _: &[usize]) -> Result<Vec<f32>> {
-            Err(MoeError::Distributed("this test double does not exchange".into()))
+            Err(MoeError::Distributed(
+                "this test double does not exchange".into(),
+            ))
+        }
+        fn split(&self, _: usize) -> Result<Box<dyn Collective>> {
+            Err(MoeError::Distributed(
+                "this test double does not split".into(),
+            ))
         }
         fn traffic(&self) -> Traffic {
             Traffic::default()

@@ -192,7 +192,7 @@ mod tests {
     /// One process: the rows come back as they went, and their gradient too.
     #[test]
     fn one_rank_exchanges_with_itself_forward_and_backward() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let x = Tensor::<2>::from_data(
             TensorData::new((0..12).map(|v| v as f32).collect::<Vec<_>>(), [4, 3]),
             &device,
@@ -206,7 +206,12 @@ mod tests {
         });
         let want: Vec<f32> = (0..12).map(|v| v as f32).collect();
         assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), want);
-        let dx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let dx = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
         assert_eq!(dx, twice);
     }
@@ -214,7 +219,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "outside burn_moe::dist::with_collective")]
     fn outside_with_collective_it_says_so() {
-        let device = Device::default();
+        let device = Device::flex();
         let x = Tensor::<2>::zeros([2, 2], &device);
         let counts = || Tensor::<1, Int>::from_data(TensorData::new(vec![2i64], [1]), &device);
         let _ = exchange_rows(x, counts(), counts()).into_data();

@@ -101,7 +101,9 @@ impl ExpertShard {
         for (r, slots) in all_slots.iter().enumerate() {
             for &slot in slots {
                 let rows = share(self.rank, slot);
-                send_order.extend((first[slot.0] + rows.start..first[slot.0] + rows.end).map(|v| v as i64));
+                send_order.extend(
+                    (first[slot.0] + rows.start..first[slot.0] + rows.end).map(|v| v as i64),
+                );
                 send_rows[r] += rows.len();
             }
         }
@@ -173,7 +175,10 @@ impl ExpertShard {
                 "an expert-parallel layer ran outside burn_moe::dist::with_collective".into(),
             )
         })??;
-        let counts: Vec<Vec<usize>> = all.chunks(m).map(|c| c.iter().map(|&v| v as usize).collect()).collect();
+        let counts: Vec<Vec<usize>> = all
+            .chunks(m)
+            .map(|c| c.iter().map(|&v| v as usize).collect())
+            .collect();
         let plan = self.plan(&counts);
         let ints = |v: Vec<i64>| {
             let n = v.len();
@@ -222,4 +227,135 @@ pub(super) fn slots(placement: &Placement, rank: usize) -> Vec<(usize, usize)> {
 /// Copy `q` of `c`'s share of `n` rows: consecutive, sizes differing by at most one.
 fn chunk(n: usize, q: usize, c: usize) -> std::ops::Range<usize> {
     q * n / c..(q + 1) * n / c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator for the random cases.
+    fn next(state: &mut u64) -> usize {
+        *state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*state >> 33) as usize
+    }
+
+    /// Every rank's plan, run on tagged rows in one process: each expert's rows from every
+    /// source reach exactly its copies, split in order between them, each local slot gets only
+    /// its expert's rows, and the way back returns every row to its place.
+    #[test]
+    fn plans_deliver_every_row_to_one_copy_and_back() {
+        let mut seed = 7u64;
+        for case in 0..200 {
+            let ranks = 1 + next(&mut seed) % 4;
+            let experts = ranks + next(&mut seed) % 6;
+            // Each expert on a random rank, some with a second copy; every rank holds one.
+            let mut copies: Vec<Vec<usize>> = (0..experts).map(|e| vec![e % ranks]).collect();
+            for holders in copies.iter_mut() {
+                if ranks > 1 && next(&mut seed).is_multiple_of(3) {
+                    let other = (holders[0] + 1 + next(&mut seed) % (ranks - 1)) % ranks;
+                    holders.push(other);
+                }
+            }
+            let placement = Placement {
+                devices: ranks,
+                copies: copies.clone(),
+            };
+            let counts: Vec<Vec<usize>> = (0..ranks)
+                .map(|_| (0..experts).map(|_| next(&mut seed) % 5).collect())
+                .collect();
+            let shards: Vec<ExpertShard> = (0..ranks)
+                .map(|r| ExpertShard::new(placement.clone(), experts, r).unwrap())
+                .collect();
+            let plans: Vec<ExchangePlan> = shards.iter().map(|s| s.plan(&counts)).collect();
+            // Rows tagged (source, expert, index within the expert's rows).
+            let rows: Vec<Vec<(usize, usize, usize)>> = (0..ranks)
+                .map(|s| {
+                    (0..experts)
+                        .flat_map(|e| (0..counts[s][e]).map(move |i| (s, e, i)))
+                        .collect()
+                })
+                .collect();
+            let mut received = vec![Vec::new(); ranks];
+            for (s, plan) in plans.iter().enumerate() {
+                assert_eq!(plan.send_order.len(), rows[s].len(), "case {case}");
+                let mut at = 0;
+                for (r, &n) in plan.send_rows.iter().enumerate() {
+                    let block = &plan.send_order[at..at + n];
+                    received[r].push(
+                        block
+                            .iter()
+                            .map(|&i| rows[s][i as usize])
+                            .collect::<Vec<_>>(),
+                    );
+                    at += n;
+                }
+            }
+            let mut delivered = std::collections::HashMap::new();
+            for (r, plan) in plans.iter().enumerate() {
+                for (s, block) in received[r].iter().enumerate() {
+                    assert_eq!(block.len(), plan.recv_rows[s], "case {case}");
+                }
+                let flat: Vec<_> = received[r].concat();
+                let local = shards[r].local_experts();
+                for (j, &e) in local.iter().enumerate() {
+                    let (lo, hi) = (
+                        plan.slot_offsets[j] as usize,
+                        plan.slot_offsets[j + 1] as usize,
+                    );
+                    let q = copies[e].iter().position(|&x| x == r).unwrap();
+                    for &i in &plan.slot_order[lo..hi] {
+                        let (s, expert, idx) = flat[i as usize];
+                        assert_eq!(expert, e, "case {case}: rank {r} slot {j}");
+                        // Copy q holds the q-th consecutive share of the source's rows.
+                        let c = copies[e].len();
+                        let n = counts[s][e];
+                        assert!(q * n / c <= idx && idx < (q + 1) * n / c, "case {case}");
+                        assert!(
+                            delivered.insert((s, e, idx), r).is_none(),
+                            "case {case}: twice"
+                        );
+                    }
+                }
+                // The way back: the slot order inverted, then the send order inverted.
+                let inv = inverse(&plan.slot_order, plan.slot_order.len());
+                let back: Vec<i64> = inv.iter().map(|&i| plan.slot_order[i as usize]).collect();
+                assert_eq!(
+                    back,
+                    (0..flat.len() as i64).collect::<Vec<_>>(),
+                    "case {case}"
+                );
+            }
+            let total: usize = counts.iter().flatten().sum();
+            assert_eq!(delivered.len(), total, "case {case}: every row delivered");
+            for (s, plan) in plans.iter().enumerate() {
+                let unsort = inverse(&plan.send_order, rows[s].len() + 3);
+                for (k, &row) in plan.send_order.iter().enumerate() {
+                    assert_eq!(unsort[row as usize], k as i64);
+                }
+                assert!(
+                    unsort[rows[s].len()..]
+                        .iter()
+                        .all(|&z| z == rows[s].len() as i64)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_placements_are_refused() {
+        let p = |copies: Vec<Vec<usize>>| Placement { devices: 2, copies };
+        let err = |copies, experts, rank| {
+            ExpertShard::new(p(copies), experts, rank)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(vec![vec![0], vec![1]], 3, 0).contains("places 2 experts, the layer has 3"));
+        assert!(err(vec![vec![0], vec![]], 2, 0).contains("expert 1 is on no rank"));
+        assert!(err(vec![vec![0, 0], vec![1]], 2, 0).contains("two copies on rank 0"));
+        assert!(err(vec![vec![0], vec![0]], 2, 1).contains("rank 1 holds no expert"));
+        assert!(err(vec![vec![0], vec![1]], 2, 2).contains("rank 2 is not one of its 2"));
+        assert!(ExpertShard::new(p(vec![vec![1], vec![0, 1]]), 2, 0).is_ok());
+    }
 }

@@ -77,7 +77,12 @@ impl ExpertShard {
 
     /// Every expert's row (of `per` values) from the ranks' slot rows `local` (this rank's,
     /// slot order): each expert from its first copy.
-    fn gather_rows(&self, mut local: Vec<f32>, per: usize, comm: &dyn Collective) -> Result<Vec<f32>> {
+    fn gather_rows(
+        &self,
+        mut local: Vec<f32>,
+        per: usize,
+        comm: &dyn Collective,
+    ) -> Result<Vec<f32>> {
         let ranks = self.placement.devices;
         let per_rank: Vec<_> = (0..ranks).map(|r| slots(&self.placement, r)).collect();
         let most = per_rank.iter().map(Vec::len).max().unwrap_or(0);
@@ -101,11 +106,14 @@ impl ExpertShard {
             .collect()
     }
 
-    /// The gradients of this rank's experts for the mean loss over the ranks: a replicated
-    /// expert's copies each saw part of its tokens, so their gradients are summed among the
-    /// ranks (one all-reduce over the replicated experts' values only); every expert gradient
-    /// is then divided by the rank count, as [`average_gradients`](super::average_gradients)
-    /// divides the others'.
+    /// The gradients of this rank's experts for the mean loss over all ranks. `group`: the
+    /// ranks of this placement (the exchange's); `peers`: the ranks of the other groups that
+    /// hold the same experts ([`Solo`](super::Solo) when there is one group). A replicated
+    /// expert's copies each saw part of the group's tokens, so their gradients are summed in
+    /// the group (one all-reduce over the replicated experts' values only); each group's
+    /// experts saw its tokens, so the gradients are then summed over the peers; every expert
+    /// gradient is divided by the rank count, as
+    /// [`average_gradients`](super::average_gradients) divides the others'.
     ///
     /// # Errors
     /// A collective failing.
@@ -113,14 +121,15 @@ impl ExpertShard {
         &self,
         local: &ExpertFfn,
         grads: &mut GradientsParams,
-        comm: &dyn Collective,
+        group: &dyn Collective,
+        peers: &dyn Collective,
     ) -> Result<()> {
         let m = self.placement.copies.len();
         let replicated: Vec<usize> = (0..m)
             .filter(|&e| self.placement.copies[e].len() > 1)
             .collect();
         let mine = self.local_experts();
-        let scale = 1.0 / comm.size() as f32;
+        let scale = 1.0 / (group.size() * peers.size()) as f32;
         for w in weights(local) {
             let Some(g) = grads.remove::<3>(w.id) else {
                 continue;
@@ -137,13 +146,16 @@ impl ExpertShard {
                             .copy_from_slice(&values[j * per..(j + 1) * per]);
                     }
                 }
-                comm.sum_f32(&mut sums)?;
+                group.sum_f32(&mut sums)?;
                 for (j, &e) in mine.iter().enumerate() {
                     if let Some(i) = at(e) {
                         values[j * per..(j + 1) * per]
                             .copy_from_slice(&sums[i * per..(i + 1) * per]);
                     }
                 }
+            }
+            if peers.size() > 1 {
+                peers.sum_f32(&mut values)?;
             }
             values.iter_mut().for_each(|v| *v *= scale);
             let g = Tensor::<3>::from_data(TensorData::new(values, [n, a, b]), &g.device());
@@ -153,14 +165,16 @@ impl ExpertShard {
     }
 }
 
-/// Averages a model's gradients over the ranks: the experts of its expert-parallel `layers` as
-/// [`ExpertShard::average_gradients`] says, every other parameter with
-/// [`average_gradients`](super::average_gradients).
+/// Averages a model's gradients over the ranks (`comm`): the experts of its expert-parallel
+/// `layers` as [`ExpertShard::average_gradients`] says (with its `group` and `peers`), every
+/// other parameter with [`average_gradients`](super::average_gradients).
 ///
 /// # Errors
 /// A collective failing.
 pub fn average_model_gradients<M: Module>(
     comm: &dyn Collective,
+    group: &dyn Collective,
+    peers: &dyn Collective,
     model: &M,
     layers: &[&Moe],
     mut grads: GradientsParams,
@@ -176,7 +190,7 @@ pub fn average_model_gradients<M: Module>(
     let mut grads = super::average_gradients(comm, model, grads)?;
     for layer in layers {
         if let Some(shard) = &layer.parallel {
-            shard.average_gradients(&layer.experts, &mut experts, comm)?;
+            shard.average_gradients(&layer.experts, &mut experts, group, peers)?;
             for w in weights(&layer.experts) {
                 if let Some(g) = experts.remove::<3>(w.id) {
                     grads.register::<3>(w.id, g);
@@ -199,9 +213,13 @@ pub fn gather_optimizer(
     layers: &[&Moe],
     comm: &dyn Collective,
 ) -> Result<ModuleOptimizer> {
-    rewrite_state(optim, fresh, layers, |shard, values, per| {
-        shard.gather_rows(values, per, comm)
-    }, Some(comm))
+    rewrite_state(
+        optim,
+        fresh,
+        layers,
+        |shard, values, per| shard.gather_rows(values, per, comm),
+        Some(comm),
+    )
 }
 
 /// The optimizer state of a full checkpoint with `layers`' experts (expert-parallel ones) cut
@@ -214,9 +232,13 @@ pub fn shard_optimizer(
     fresh: ModuleOptimizer,
     layers: &[&Moe],
 ) -> Result<ModuleOptimizer> {
-    rewrite_state(optim, fresh, layers, |shard, values, per| {
-        Ok(shard.local_rows(&values, per))
-    }, None)
+    rewrite_state(
+        optim,
+        fresh,
+        layers,
+        |shard, values, per| Ok(shard.local_rows(&values, per)),
+        None,
+    )
 }
 
 /// Rewrites the state tensors of the expert-parallel layers' expert weights with `f(shard,
@@ -233,7 +255,10 @@ fn rewrite_state(
     let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| corrupt(format!("{e:?}")))?;
     let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
     let mut tensors = Vec::new();
-    for t in reader.into_tensors().map_err(|e| corrupt(format!("{e:?}")))? {
+    for t in reader
+        .into_tensors()
+        .map_err(|e| corrupt(format!("{e:?}")))?
+    {
         tensors.push(t.into_parts().map_err(|e| corrupt(format!("{e:?}")))?);
     }
     // Names in a fixed order, so every rank gathers the same tensors in the same order.
@@ -259,7 +284,9 @@ fn rewrite_state(
             for i in mine {
                 let (name, dtype, shape, pid, data) = tensors[i].clone();
                 if shape.num_dims() != 3 {
-                    return Err(corrupt(format!("{name} has shape {shape:?}, not [experts, a, b]")));
+                    return Err(corrupt(format!(
+                        "{name} has shape {shape:?}, not [experts, a, b]"
+                    )));
                 }
                 let dims = shape.dims::<3>();
                 let per = dims[1] * dims[2];
@@ -277,7 +304,9 @@ fn rewrite_state(
     }
     let tensors = tensors
         .into_iter()
-        .map(|(name, dtype, shape, pid, bytes)| burn_pack::Tensor::new(name, dtype, shape, pid, bytes))
+        .map(|(name, dtype, shape, pid, bytes)| {
+            burn_pack::Tensor::new(name, dtype, shape, pid, bytes)
+        })
         .collect();
     let mut writer = burn_pack::Writer::new(tensors);
     for (k, v) in &scalars {

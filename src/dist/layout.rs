@@ -11,8 +11,9 @@ use crate::predict::placement::{Placement, place};
 /// Expert-parallel options of a training run (all off by default: data parallel only).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExpertParallel {
-    /// Spread each MoE layer's routed experts over this many ranks: 0 for none, else the rank
-    /// count of the run (every rank holds experts and trains on its shard of the batch).
+    /// Spread each MoE layer's routed experts over groups of this many consecutive ranks: 0
+    /// for none, else a divisor of the run's rank count. Every rank holds experts and trains
+    /// on its shard of the batch; the groups hold the same experts.
     pub ranks: usize,
     /// Each MoE layer's placement (`None`: contiguous, expert `j` on rank `j * ranks / m`).
     pub placement: Option<Vec<Placement>>,
@@ -30,19 +31,24 @@ impl ExpertParallel {
         self.ranks > 0
     }
 
-    /// Each of `layers` MoE layers' placement over the `ranks` of the run, checked.
+    /// Each of `layers` MoE layers' placement over the `ranks` of an expert-parallel group,
+    /// checked.
     ///
     /// # Errors
-    /// Expert parallel over another rank count than the run's; contiguous placement with a
+    /// A group of another size; contiguous placement with a
     /// rank count that does not divide the experts; a placement file for another rank count,
     /// layer count or expert count.
-    pub fn placements(&self, layers: usize, experts: usize, ranks: usize) -> Result<Vec<Placement>> {
+    pub fn placements(
+        &self,
+        layers: usize,
+        experts: usize,
+        ranks: usize,
+    ) -> Result<Vec<Placement>> {
         let bad = |m: String| Err(MoeError::Distributed(m));
         if self.ranks != ranks {
             return bad(format!(
-                "--expert-parallel {} needs {} ranks (every rank holds experts and its shard of \
-                 the batch); the run has {ranks}",
-                self.ranks, self.ranks
+                "expert-parallel groups of {} ranks, placements for {ranks}",
+                self.ranks
             ));
         }
         if self.replace_every > 0 && self.window == 0 {
@@ -66,7 +72,8 @@ impl ExpertParallel {
                 for (l, layer) in p.iter().enumerate() {
                     if layer.devices != ranks {
                         return bad(format!(
-                            "the placement file's layer {l} is for {} ranks, the run has {ranks}",
+                            "the placement file's layer {l} is for {} ranks, an expert-parallel group \
+                             has {ranks}",
                             layer.devices
                         ));
                     }
@@ -140,7 +147,7 @@ mod tests {
         let err = ep.placements(2, 6, 4).unwrap_err().to_string();
         assert!(err.contains("do not divide the 6 experts"), "{err}");
         let err = ep.placements(2, 8, 2).unwrap_err().to_string();
-        assert!(err.contains("needs 4 ranks"), "{err}");
+        assert!(err.contains("groups of 4 ranks, placements for 2"), "{err}");
     }
 
     #[test]
@@ -157,7 +164,10 @@ mod tests {
         };
         assert_eq!(ep.placements(1, 3, 2).unwrap()[0].copies[1], vec![1, 0]);
         let err = ep.placements(2, 3, 2).unwrap_err().to_string();
-        assert!(err.contains("places 1 MoE layers, the model has 2"), "{err}");
+        assert!(
+            err.contains("places 1 MoE layers, the model has 2"),
+            "{err}"
+        );
         let err = ep.placements(1, 4, 2).unwrap_err().to_string();
         assert!(err.contains("places 3 experts, the layer has 4"), "{err}");
         std::fs::write(&path, r#"{"devices": 2, "layers": [[[0], [2], [1]]]}"#).unwrap();

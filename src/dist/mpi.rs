@@ -3,6 +3,7 @@
 //! clear message instead of a hang.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use mpi::Count;
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
 
 use super::{Collective, Traffic};
 use crate::error::{MoeError, Result};
@@ -26,9 +27,11 @@ pub struct MpiComm {
     rank: usize,
     size: usize,
     watchdog: Arc<Watch>,
-    traffic: Cell<Traffic>,
-    // Finalizes MPI when dropped: declared last so it outlives the communicator.
-    _universe: Universe,
+    /// Shared by the world and the communicators split from it.
+    traffic: Rc<Cell<Traffic>>,
+    // The world's: finalizes MPI when dropped (declared last so it outlives the
+    // communicator). `None` for a split communicator, which must be dropped before the world.
+    _universe: Option<Universe>,
 }
 
 /// What the watchdog thread watches: the collective in flight and when it began.
@@ -68,8 +71,8 @@ impl MpiComm {
             rank,
             size,
             watchdog,
-            traffic: Cell::new(Traffic::default()),
-            _universe: universe,
+            traffic: Rc::new(Cell::new(Traffic::default())),
+            _universe: Some(universe),
         }))
     }
 
@@ -182,18 +185,34 @@ impl Collective for MpiComm {
         self.watched("all-to-all", || {
             let sendbuf = Partition::new(send, &sc[..], &sd[..]);
             let mut recvbuf = PartitionMut::new(&mut out[..], &rc[..], &rd[..]);
-            self.world
-                .all_to_all_varcount_into(&sendbuf, &mut recvbuf);
+            self.world.all_to_all_varcount_into(&sendbuf, &mut recvbuf);
         });
         let mine = send_counts[self.rank];
         self.count(|t| t.all_to_all += 4 * (send.len() - mine) as u64);
         Ok(out)
     }
+    fn split(&self, color: usize) -> Result<Box<dyn Collective>> {
+        let color = Color::with_value(i32::try_from(color).map_err(|_| {
+            MoeError::Distributed(format!("communicator color {color} is out of range"))
+        })?);
+        let sub = self
+            .watched("communicator split", || self.world.split_by_color(color))
+            .ok_or_else(|| MoeError::Distributed("MPI refused to split the ranks".into()))?;
+        Ok(Box::new(MpiComm {
+            rank: sub.rank() as usize,
+            size: sub.size() as usize,
+            world: sub,
+            watchdog: Arc::clone(&self.watchdog),
+            traffic: Rc::clone(&self.traffic),
+            _universe: None,
+        }))
+    }
     fn traffic(&self) -> Traffic {
         self.traffic.get()
     }
     fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
+        // The whole job, whichever communicator this is.
+        SimpleCommunicator::world().abort(code)
     }
 }
 

@@ -138,7 +138,6 @@ impl MoeLmConfig {
     }
 }
 
-
 /// Named model sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {

@@ -81,11 +81,19 @@ impl Moe {
     /// host memory). Build every rank's layer from the same weights (the same seed).
     ///
     /// # Errors
-    /// The layer is already expert-parallel; the placement is for another expert count.
+    /// The layer is already expert-parallel or on a GPU device; the placement is for another
+    /// expert count.
     pub fn expert_parallel(mut self, shard: ExpertShard) -> Result<Self> {
         if self.parallel.is_some() {
             return Err(MoeError::Config(
                 "the layer is already expert-parallel: gather its experts first".into(),
+            ));
+        }
+        if crate::kernels::is_gpu(&self.experts.w_in.val().device()) {
+            return Err(MoeError::Config(
+                "expert parallel moves rows through host memory and runs on the CPU backends \
+                 (flex, ndarray) only"
+                    .into(),
             ));
         }
         let shard = ExpertShard::new(shard.placement, self.config.num_experts, shard.rank)?;

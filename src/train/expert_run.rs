@@ -7,10 +7,13 @@ use std::collections::VecDeque;
 use burn::optim::ModuleOptimizer;
 
 use crate::dist::{Collective, ExpertParallel, ExpertShard, gather_optimizer, shard_optimizer};
-use crate::error::Result;
+use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::predict::placement::Placement;
 use crate::telemetry::trace::TraceRecord;
+
+/// A rank's expert-parallel group and its peers in the other groups.
+pub(crate) type GroupAndPeers = (Box<dyn Collective>, Box<dyn Collective>);
 
 /// An expert-parallel run's placements and recent loads.
 pub(crate) struct ExpertRun {
@@ -21,13 +24,43 @@ pub(crate) struct ExpertRun {
 }
 
 impl ExpertRun {
-    /// Checks the options against the model and the run's ranks; `None` when off.
-    pub fn new(options: &ExpertParallel, model: &MoeLm, ranks: usize) -> Result<Option<Self>> {
+    /// The run's ranks as expert-parallel groups of `options.ranks` consecutive ranks (each
+    /// holding every expert once) and, for each rank, its peers: the ranks of the other groups
+    /// that hold the same experts. `None` when expert parallel is off.
+    ///
+    /// # Errors
+    /// A group size that does not divide the rank count; a collective failing.
+    pub fn split(options: &ExpertParallel, comm: &dyn Collective) -> Result<Option<GroupAndPeers>> {
+        let e = options.ranks;
+        if e == 0 {
+            return Ok(None);
+        }
+        if !comm.size().is_multiple_of(e) {
+            return Err(MoeError::Distributed(format!(
+                "--expert-parallel {e} does not divide the run's {} ranks into groups",
+                comm.size()
+            )));
+        }
+        let group = comm.split(comm.rank() / e)?;
+        let peers = comm.split(comm.rank() % e)?;
+        Ok(Some((group, peers)))
+    }
+
+    /// Checks the options against the model and the expert-parallel group; `None` when off.
+    pub fn new(
+        options: &ExpertParallel,
+        model: &MoeLm,
+        group: &dyn Collective,
+    ) -> Result<Option<Self>> {
+        let ranks = group.size();
         if !options.enabled() {
             return Ok(None);
         }
         let layers = model.moe_layers().count();
-        let experts = model.moe_layers().next().map_or(0, |l| l.config.num_experts);
+        let experts = model
+            .moe_layers()
+            .next()
+            .map_or(0, |l| l.config.num_experts);
         let placements = options.placements(layers, experts, ranks)?;
         Ok(Some(ExpertRun {
             options: options.clone(),
@@ -46,7 +79,8 @@ impl ExpertRun {
         rank: usize,
     ) -> Result<(MoeLm, ModuleOptimizer)> {
         let model = model.map_moe_layers(|i, layer| {
-            let shard = ExpertShard::new(self.placements[i].clone(), layer.config.num_experts, rank)?;
+            let shard =
+                ExpertShard::new(self.placements[i].clone(), layer.config.num_experts, rank)?;
             layer.expert_parallel(shard)
         })?;
         let layers: Vec<_> = model.moe_layers().collect();
@@ -64,7 +98,9 @@ impl ExpertRun {
     ) -> Result<(MoeLm, ModuleOptimizer)> {
         let layers: Vec<_> = model.moe_layers().collect();
         let optim = gather_optimizer(optim, fresh, &layers, comm)?;
-        let model = model.clone().map_moe_layers(|_, l| l.gather_experts(comm))?;
+        let model = model
+            .clone()
+            .map_moe_layers(|_, l| l.gather_experts(comm))?;
         Ok((model, optim))
     }
 

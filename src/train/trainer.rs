@@ -12,14 +12,16 @@ use serde::Serialize;
 
 use crate::balance::metrics::max_vio;
 use crate::dist::{
-    Collective, ExpertParallel, average_model_gradients, check_data_parallel, check_same_run,
+    Collective, ExpertParallel, Solo, average_model_gradients, check_data_parallel, check_same_run,
     rank_seed, shard, sync_routing, with_collective,
 };
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
 use crate::train::expert_run::ExpertRun;
-use crate::train::{CheckpointState, RunDir, RunManifest, TrainConfig, evaluate, learning_rate};
+use crate::train::{
+    CheckpointState, EvalReport, RunDir, RunManifest, TrainConfig, evaluate, learning_rate,
+};
 
 /// The final summary of a run (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
@@ -121,20 +123,6 @@ pub fn train(
     comm: &dyn Collective,
     experts: &ExpertParallel,
 ) -> Result<TrainSummary> {
-    with_collective(comm, || {
-        train_ranks(dir, start, device, stop, progress, comm, experts)
-    })
-}
-
-fn train_ranks(
-    dir: &RunDir,
-    start: TrainStart,
-    device: &Device,
-    stop: Option<Arc<AtomicBool>>,
-    progress: &mut dyn Progress,
-    comm: &dyn Collective,
-    experts: &ExpertParallel,
-) -> Result<TrainSummary> {
     let device = device.clone().autodiff();
     let lead = comm.rank() == 0;
     let lock = lead.then(|| dir.lock()).transpose()?;
@@ -193,9 +181,16 @@ fn train_ranks(
         dir.prepare_fresh(lock)?;
     }
     check_same_run(comm, &manifest, state.step)?;
-    let mut expert_run = ExpertRun::new(experts, &model, comm.size())?;
+    // Expert parallel: the ranks that share one set of experts (`group`) and those that hold
+    // the same experts in the other groups (`peers`).
+    let ep_comms = ExpertRun::split(experts, comm)?;
+    let (group, peers): (&dyn Collective, &dyn Collective) = match &ep_comms {
+        Some((g, p)) => (g.as_ref(), p.as_ref()),
+        None => (comm, &Solo),
+    };
+    let mut expert_run = ExpertRun::new(experts, &model, group)?;
     if let Some(ep) = &expert_run {
-        (model, optim) = ep.shard(model, optim, optimizer(&config), comm.rank())?;
+        (model, optim) = ep.shard(model, optim, optimizer(&config), group.rank())?;
     }
     // Rank 0 writes the run: the manifest (fresh, or resumed with a new step count), the trace
     // and the metrics.
@@ -217,170 +212,173 @@ fn train_ranks(
     let mut interrupted = false;
     let mut last_eval = None;
     let mut traffic = comm.traffic();
-    while state.step < config.steps {
-        let step = state.step + 1;
-        let step_started = Instant::now();
-        // Each rank draws its own noise; rank 0 draws what one process would.
-        device.seed(rank_seed(step_seed(config.seed, step), comm));
-        let batch = data.train_batch(
-            step,
-            config.batch_size,
-            config.seq_len,
-            config.seed,
-            rows.clone(),
-            &device,
-        );
-        let mut out = model.forward(batch.inputs)?;
-        let balance = out.balance_loss();
-        let ce = MoeLm::cross_entropy(out.logits, batch.targets);
-        let loss = match balance {
-            Some(b) => ce.clone() + b,
-            None => ce.clone(),
-        };
-        // The global batch's loss: the mean of the ranks' (equal) shards' losses.
-        let mut ce_sum = [ce.into_scalar::<f32>()];
-        comm.sum_f32(&mut ce_sum)?;
-        let ce_value = ce_sum[0] as f64 / comm.size() as f64;
-        if !ce_value.is_finite() {
-            return Err(MoeError::Input(format!(
-                "training diverged: loss is {ce_value} at step {step}"
-            )));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let layers: Vec<_> = model.moe_layers().collect();
-        let grads = average_model_gradients(comm, &model, &layers, grads)?;
-        let counts = sync_routing(comm, &layers, &mut out.moe)?;
-        let lr = learning_rate(
-            step,
-            config.steps,
-            config.warmup_steps,
-            config.lr,
-            config.min_lr_fraction,
-        );
-        model = optim.step(lr, model, grads);
-        model = model.update_balancers(&out.moe)?;
-
-        // The global batch's per-expert counts (the step's one read of each layer's routing,
-        // `2 m + 1` values, summed over the ranks): the trace and the progress line.
-        let records: Vec<TraceRecord> = counts
-            .into_iter()
-            .enumerate()
-            .map(|(layer, c)| TraceRecord {
+    // The exchanges of expert-parallel layers go to the group.
+    let eval = with_collective(group, || -> Result<EvalReport> {
+        while state.step < config.steps {
+            let step = state.step + 1;
+            let step_started = Instant::now();
+            // Each rank draws its own noise; rank 0 draws what one process would.
+            device.seed(rank_seed(step_seed(config.seed, step), comm));
+            let batch = data.train_batch(
                 step,
-                layer,
-                requested: c.requested,
-                computed: c.computed,
-            })
-            .collect();
-        if let Some(trace) = &mut trace {
-            trace.write_step(&records)?;
-        }
-        let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
-            / records.len().max(1) as f64;
-        // Share of the step's assignments its capacity dropped, over all MoE layers.
-        let (requested, computed) = records.iter().fold((0, 0), |(a, b), r| {
-            (
-                a + r.requested.iter().sum::<usize>(),
-                b + r.computed.iter().sum::<usize>(),
-            )
-        });
-        let dropped = (requested - computed.min(requested)) as f64 / requested.max(1) as f64;
+                config.batch_size,
+                config.seq_len,
+                config.seed,
+                rows.clone(),
+                &device,
+            );
+            let mut out = model.forward(batch.inputs)?;
+            let balance = out.balance_loss();
+            let ce = MoeLm::cross_entropy(out.logits, batch.targets);
+            let loss = match balance {
+                Some(b) => ce.clone() + b,
+                None => ce.clone(),
+            };
+            // The global batch's loss: the mean of the ranks' (equal) shards' losses.
+            let mut ce_sum = [ce.into_scalar::<f32>()];
+            comm.sum_f32(&mut ce_sum)?;
+            let ce_value = ce_sum[0] as f64 / comm.size() as f64;
+            if !ce_value.is_finite() {
+                return Err(MoeError::Input(format!(
+                    "training diverged: loss is {ce_value} at step {step}"
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let layers: Vec<_> = model.moe_layers().collect();
+            let grads = average_model_gradients(comm, group, peers, &model, &layers, grads)?;
+            let counts = sync_routing(comm, &layers, &mut out.moe)?;
+            let lr = learning_rate(
+                step,
+                config.steps,
+                config.warmup_steps,
+                config.lr,
+                config.min_lr_fraction,
+            );
+            model = optim.step(lr, model, grads);
+            model = model.update_balancers(&out.moe)?;
 
-        state.step = step;
-        state.tokens_seen += tokens_per_step;
-        steps_run += 1;
-        maxvio_sum += maxvio;
-        first_loss.get_or_insert(ce_value);
-        recent.push(ce_value);
-        if recent.len() > 10 {
-            recent.remove(0);
-        }
-        let step_seconds = step_started.elapsed().as_secs_f64();
-        let elapsed = started.elapsed().as_secs_f64();
-        let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
-        progress.step(step, config.steps, ce_value, tps, maxvio);
-        let mut line = serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr,
+            // The global batch's per-expert counts (the step's one read of each layer's routing,
+            // `2 m + 1` values, summed over the ranks): the trace and the progress line.
+            let records: Vec<TraceRecord> = counts
+                .into_iter()
+                .enumerate()
+                .map(|(layer, c)| TraceRecord {
+                    step,
+                    layer,
+                    requested: c.requested,
+                    computed: c.computed,
+                })
+                .collect();
+            if let Some(trace) = &mut trace {
+                trace.write_step(&records)?;
+            }
+            let maxvio = records.iter().map(|r| max_vio(&r.requested)).sum::<f64>()
+                / records.len().max(1) as f64;
+            // Share of the step's assignments its capacity dropped, over all MoE layers.
+            let (requested, computed) = records.iter().fold((0, 0), |(a, b), r| {
+                (
+                    a + r.requested.iter().sum::<usize>(),
+                    b + r.computed.iter().sum::<usize>(),
+                )
+            });
+            let dropped = (requested - computed.min(requested)) as f64 / requested.max(1) as f64;
+
+            state.step = step;
+            state.tokens_seen += tokens_per_step;
+            steps_run += 1;
+            maxvio_sum += maxvio;
+            first_loss.get_or_insert(ce_value);
+            recent.push(ce_value);
+            if recent.len() > 10 {
+                recent.remove(0);
+            }
+            let step_seconds = step_started.elapsed().as_secs_f64();
+            let elapsed = started.elapsed().as_secs_f64();
+            let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
+            progress.step(step, config.steps, ce_value, tps, maxvio);
+            let mut line = serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr,
             "maxvio": maxvio, "dropped": dropped, "seconds": step_seconds});
-        if let Some(ep) = &mut expert_run {
-            line["straggler"] = ep.observe(&records).into();
-        }
-        if comm.size() > 1 {
-            let sent = comm.traffic();
-            line["all_reduce_bytes"] = (sent.all_reduce - traffic.all_reduce).into();
-            line["all_gather_bytes"] = (sent.all_gather - traffic.all_gather).into();
-            line["all_to_all_bytes"] = (sent.all_to_all - traffic.all_to_all).into();
-            traffic = sent;
-        }
-        if let Some(metrics) = &mut metrics {
-            metrics.write_lines(&[line])?;
-        }
+            if let Some(ep) = &mut expert_run {
+                line["straggler"] = ep.observe(&records).into();
+            }
+            if comm.size() > 1 {
+                let sent = comm.traffic();
+                line["all_reduce_bytes"] = (sent.all_reduce - traffic.all_reduce).into();
+                line["all_gather_bytes"] = (sent.all_gather - traffic.all_gather).into();
+                line["all_to_all_bytes"] = (sent.all_to_all - traffic.all_to_all).into();
+                traffic = sent;
+            }
+            if let Some(metrics) = &mut metrics {
+                metrics.write_lines(&[line])?;
+            }
 
-        // Stop when any rank was asked to: every rank takes the same decision.
-        let mut stops = [u64::from(
-            stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)),
-        )];
-        comm.sum_u64(&mut stops)?;
-        interrupted = stops[0] > 0;
-        let last = step == config.steps || interrupted;
-        if step.is_multiple_of(config.eval_every) || last {
-            let report = evaluate(
+            // Stop when any rank was asked to: every rank takes the same decision.
+            let mut stops = [u64::from(
+                stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)),
+            )];
+            comm.sum_u64(&mut stops)?;
+            interrupted = stops[0] > 0;
+            let last = step == config.steps || interrupted;
+            if step.is_multiple_of(config.eval_every) || last {
+                let report = evaluate(
+                    &model.valid(),
+                    &data,
+                    config.batch_size,
+                    config.seq_len,
+                    config.eval_batches,
+                )?;
+                progress.message(&format!(
+                    "step {step}: val loss {:.4}, ppl {:.2}, MaxVio_global {:.3}",
+                    report.loss,
+                    report.perplexity,
+                    report.mean_maxvio_global()
+                ));
+                if let Some(metrics) = &mut metrics {
+                    metrics.write_lines(&[
+                    serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
+                ])?;
+                }
+                last_eval = Some(report);
+            }
+            if step.is_multiple_of(config.checkpoint_every) || last {
+                // Expert parallel: every rank sends its experts and their state; rank 0 writes the
+                // whole model.
+                let full = match &expert_run {
+                    Some(ep) => Some(ep.gather(&model, &optim, optimizer(&config), group)?),
+                    None => None,
+                };
+                if lead {
+                    let (m, o) = full.as_ref().map_or((&model, &optim), |(m, o)| (m, o));
+                    state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                    dir.save_checkpoint(m, o, state)?;
+                    progress.message(&format!(
+                        "step {step}: checkpoint saved in {}",
+                        dir.root().display()
+                    ));
+                }
+            }
+            if let Some(ep) = &mut expert_run
+                && !last
+                && let Some(message) =
+                    ep.maybe_replace(step, &mut model, &mut optim, || optimizer(&config), group)?
+            {
+                progress.message(&message);
+            }
+            if interrupted {
+                break;
+            }
+        }
+        Ok(match last_eval.take() {
+            Some(e) => e,
+            None => evaluate(
                 &model.valid(),
                 &data,
                 config.batch_size,
                 config.seq_len,
                 config.eval_batches,
-            )?;
-            progress.message(&format!(
-                "step {step}: val loss {:.4}, ppl {:.2}, MaxVio_global {:.3}",
-                report.loss,
-                report.perplexity,
-                report.mean_maxvio_global()
-            ));
-            if let Some(metrics) = &mut metrics {
-                metrics.write_lines(&[
-                    serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
-                ])?;
-            }
-            last_eval = Some(report);
-        }
-        if step.is_multiple_of(config.checkpoint_every) || last {
-            // Expert parallel: every rank sends its experts and their state; rank 0 writes the
-            // whole model.
-            let full = match &expert_run {
-                Some(ep) => Some(ep.gather(&model, &optim, optimizer(&config), comm)?),
-                None => None,
-            };
-            if lead {
-                let (m, o) = full.as_ref().map_or((&model, &optim), |(m, o)| (m, o));
-                state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-                dir.save_checkpoint(m, o, state)?;
-                progress.message(&format!(
-                    "step {step}: checkpoint saved in {}",
-                    dir.root().display()
-                ));
-            }
-        }
-        if let Some(ep) = &mut expert_run
-            && !last
-            && let Some(message) =
-                ep.maybe_replace(step, &mut model, &mut optim, || optimizer(&config), comm)?
-        {
-            progress.message(&message);
-        }
-        if interrupted {
-            break;
-        }
-    }
-    let eval = match last_eval {
-        Some(e) => e,
-        None => evaluate(
-            &model.valid(),
-            &data,
-            config.batch_size,
-            config.seq_len,
-            config.eval_batches,
-        )?,
-    };
+            )?,
+        })
+    })?;
     drop(lock);
     Ok(TrainSummary {
         steps: state.step,
