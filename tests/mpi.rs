@@ -216,7 +216,8 @@ fn the_expert_parallel_layer_equals_one_process() {
 }
 
 /// Expert-parallel training (contiguous on 2 ranks; re-placed every 5 steps with 2 replicas
-/// on 4; two groups of 2 ranks with a `place --write` file) trains as one process does.
+/// on 4; two groups of 2 ranks from a `place --write` file, re-placed from ARIMA forecasts)
+/// trains as one process does.
 #[test]
 fn expert_parallel_training_equals_one_process() {
     let dir = temp_dir("ep");
@@ -280,13 +281,26 @@ fn expert_parallel_training_equals_one_process() {
     let file = file.display().to_string();
     let args = with(
         run_args(&placed, 20, "loss-free"),
-        &["--expert-parallel", "2", "--placement", &file],
+        &[
+            "--expert-parallel",
+            "2",
+            "--placement",
+            &file,
+            "--replace-every",
+            "7",
+            "--replace-window",
+            "30",
+            "--replace-method",
+            "arima",
+            "--replace-order",
+            "2,0,1",
+        ],
     );
     train(4, &args);
     assert_same_losses(
         &losses(&placed),
         &reference,
-        "4 ranks in 2 groups, placement file",
+        "4 ranks in 2 groups, placement file, ARIMA re-placement",
     );
 }
 

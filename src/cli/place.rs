@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use burn_moe::checkpoint::write_bytes_atomic;
 use burn_moe::predict::eplb::eplb;
-use burn_moe::predict::placement::{Placement, place};
-use burn_moe::telemetry::loads::LayerLoads;
+use burn_moe::predict::placement::{Placement, place, scenarios};
 
 use super::predict::{Method, PredictArgs, min_history, predictor, read};
 
@@ -133,7 +132,7 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
                 (0..rows).map(|h| v[h * m + j] as f64).sum::<f64>() / rows as f64
             };
             let predicted: Vec<f64> = (0..m).map(|j| mean_over(&pred, args.horizon, j)).collect();
-            let recent = recent_steps(layer, origin, window, &predicted);
+            let recent = scenarios(layer, origin, window, &predicted);
             let ours = place(&recent, args.devices, args.replicas)?;
             let theirs = eplb(
                 &predicted,
@@ -176,7 +175,7 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
             .map(|layer| {
                 let pred = p.predict(layer, layer.len(), 1);
                 let loads: Vec<f64> = pred.iter().map(|&v| v as f64).collect();
-                let recent = recent_steps(layer, layer.len(), window, &loads);
+                let recent = scenarios(layer, layer.len(), window, &loads);
                 Ok(place(&recent, args.devices, args.replicas)?.copies)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -231,33 +230,4 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
     }
     line("mean", "", overall);
     Ok(())
-}
-
-/// The load rows our placement serves at `origin`: the last `window` steps before it (fewer at
-/// the start), each shifted by the predicted mean minus their own mean, so that they fluctuate
-/// as the recent steps did around what the predictor expects.
-fn recent_steps(
-    layer: &LayerLoads,
-    origin: usize,
-    window: usize,
-    predicted: &[f64],
-) -> Vec<Vec<f64>> {
-    let steps: Vec<&[f32]> = (origin.saturating_sub(window)..origin)
-        .map(|t| layer.row(t))
-        .collect();
-    if steps.is_empty() {
-        return vec![predicted.to_vec()];
-    }
-    let n = steps.len() as f64;
-    let mean: Vec<f64> = (0..predicted.len())
-        .map(|j| steps.iter().map(|r| r[j] as f64).sum::<f64>() / n)
-        .collect();
-    steps
-        .iter()
-        .map(|r| {
-            (0..predicted.len())
-                .map(|j| (predicted[j] + r[j] as f64 - mean[j]).max(0.0))
-                .collect()
-        })
-        .collect()
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use burn::module::Module;
 use clap::Args;
 
 use super::args::{BackendFlag, parse_balancer, preset_parser};
+use super::predict::{Method, PredictArgs, predictor};
+use burn_moe::predict::LoadPredictor;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use burn_moe::BackendKind;
@@ -95,6 +98,53 @@ pub struct TrainArgs {
     /// Replicas of hot experts a re-placement may add (each on its own rank).
     #[arg(long, default_value_t = 0)]
     pub replicas: usize,
+    /// The load predictor of a re-placement, as in `burn-moe predict` (fitted on the
+    /// --replace-window last steps).
+    #[arg(long, value_enum, default_value = "sw-avg")]
+    pub replace_method: Method,
+    /// ARIMA orders p,d,q of `--replace-method arima`.
+    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
+    pub replace_order: Vec<usize>,
+    /// Another run's trace, to train the LSTM of `--replace-method lstm` on.
+    #[arg(long)]
+    pub replace_train_trace: Option<PathBuf>,
+}
+
+/// The predictor of `--replace-every` (`None` when off), as `burn-moe predict` builds it,
+/// fitted on the `--replace-window` last steps.
+fn replacement_predictor(
+    args: &TrainArgs,
+    experts: usize,
+) -> anyhow::Result<Option<Rc<dyn LoadPredictor>>> {
+    if args.replace_every == 0 {
+        return Ok(None);
+    }
+    let predict = PredictArgs {
+        trace: PathBuf::new(),
+        method: args.replace_method,
+        horizon: vec![args.replace_every as usize],
+        window: Some(args.replace_window),
+        order: args.replace_order.clone(),
+        constant: false,
+        stride: 1,
+        train_trace: args.replace_train_trace.clone(),
+        lstm_iterations: 300,
+        switch: None,
+        out: None,
+        no_plots: true,
+        json: true,
+    };
+    // Its messages name `predict`'s options; here they are the --replace-* ones.
+    let p = predictor(&predict, args.replace_every as usize, experts).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            format!("{e:#}")
+                .replace("--window", "--replace-window")
+                .replace("--method", "--replace-method")
+                .replace("--train-trace", "--replace-train-trace")
+        )
+    })?;
+    Ok(Some(Rc::from(p)))
 }
 
 /// Data, batch and model-shape options shared by `train` and `study`.
@@ -260,11 +310,12 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
     // Rank 0 speaks for the run.
     let lead = comm.rank() == 0;
     let device = args.backend.kind.device(false)?;
-    let (dir, start) = match &args.resume {
-        Some(path) => (
-            RunDir::open(path)?,
-            TrainStart::Resume { steps: args.steps },
-        ),
+    let (dir, start, experts) = match &args.resume {
+        Some(path) => {
+            let dir = RunDir::open(path)?;
+            let experts = dir.manifest()?.model.moe.num_experts;
+            (dir, TrainStart::Resume { steps: args.steps }, experts)
+        }
         None => {
             let mut model = args.run.model(args.preset);
             model.n_layers = args.layers.unwrap_or(model.n_layers);
@@ -277,10 +328,12 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
                 .train(args.steps.unwrap_or(200))
                 .with_eval_every(args.eval_every)
                 .with_checkpoint_every(args.checkpoint_every);
+            let experts = model.moe.num_experts;
             let manifest = RunManifest::new(model, train, args.run.data.as_deref())?;
             (
                 RunDir::create(&args.out)?.with_overwrite(args.overwrite),
                 TrainStart::Fresh(Box::new(manifest)),
+                experts,
             )
         }
     };
@@ -304,6 +357,7 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
         replace_every: args.replace_every,
         window: args.replace_window,
         replicas: args.replicas,
+        predictor: replacement_predictor(args, experts)?,
     };
     let summary = train(
         &dir,

@@ -2,14 +2,16 @@
 //! the placement files `burn-moe place --write` writes and `train --placement` reads.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::Deserialize;
 
 use crate::error::{MoeError, Result};
-use crate::predict::placement::{Placement, place};
+use crate::predict::LoadPredictor;
+use crate::predict::placement::Placement;
 
 /// Expert-parallel options of a training run (all off by default: data parallel only).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 pub struct ExpertParallel {
     /// Spread each MoE layer's routed experts over groups of this many consecutive ranks: 0
     /// for none, else a divisor of the run's rank count. Every rank holds experts and trains
@@ -23,6 +25,21 @@ pub struct ExpertParallel {
     pub window: usize,
     /// Replicas of hot experts a re-placement may add (each on a rank of its own).
     pub replicas: usize,
+    /// The load predictor of a re-placement (`None`: the mean of the window).
+    pub predictor: Option<Rc<dyn LoadPredictor>>,
+}
+
+impl std::fmt::Debug for ExpertParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpertParallel")
+            .field("ranks", &self.ranks)
+            .field("placement", &self.placement)
+            .field("replace_every", &self.replace_every)
+            .field("window", &self.window)
+            .field("replicas", &self.replicas)
+            .field("predictor", &self.predictor.as_ref().map(|p| p.name()))
+            .finish()
+    }
 }
 
 impl ExpertParallel {
@@ -86,19 +103,6 @@ impl ExpertParallel {
                 Ok(p.clone())
             }
         }
-    }
-
-    /// A placement for the next steps of each layer from the last steps' per-expert loads
-    /// (`recent[layer][step][expert]`): the window's steps as the scenarios of
-    /// [`place`], with [`replicas`](Self::replicas) replicas.
-    ///
-    /// # Errors
-    /// As [`place`].
-    pub fn replace(&self, recent: &[Vec<Vec<f64>>], ranks: usize) -> Result<Vec<Placement>> {
-        recent
-            .iter()
-            .map(|rows| place(rows, ranks, self.replicas))
-            .collect()
     }
 }
 

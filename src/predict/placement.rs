@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MoeError, Result};
+use crate::telemetry::loads::LayerLoads;
 
 /// Which ranks hold which expert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +222,35 @@ fn refine(held: &mut [Vec<usize>], shares: &[Vec<f64>], slots: usize) {
         loads[b] = rank_load(&held[b]);
         current = value;
     }
+}
+
+/// The load rows our placement serves at `origin`: the last `window` steps before it (fewer at
+/// the start), each shifted by the predicted mean minus their own mean, so that they fluctuate
+/// as the recent steps did around what the predictor expects.
+pub fn scenarios(
+    layer: &LayerLoads,
+    origin: usize,
+    window: usize,
+    predicted: &[f64],
+) -> Vec<Vec<f64>> {
+    let steps: Vec<&[f32]> = (origin.saturating_sub(window)..origin)
+        .map(|t| layer.row(t))
+        .collect();
+    if steps.is_empty() {
+        return vec![predicted.to_vec()];
+    }
+    let n = steps.len() as f64;
+    let mean: Vec<f64> = (0..predicted.len())
+        .map(|j| steps.iter().map(|r| r[j] as f64).sum::<f64>() / n)
+        .collect();
+    steps
+        .iter()
+        .map(|r| {
+            (0..predicted.len())
+                .map(|j| (predicted[j] + r[j] as f64 - mean[j]).max(0.0))
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use burn::optim::ModuleOptimizer;
 use crate::dist::{Collective, ExpertParallel, ExpertShard, gather_optimizer, shard_optimizer};
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
-use crate::predict::placement::Placement;
+use crate::predict::placement::{Placement, place, scenarios};
+use crate::predict::window_mean;
+use crate::telemetry::loads::LayerLoads;
 use crate::telemetry::trace::TraceRecord;
 
 /// A rank's expert-parallel group and its peers in the other groups.
@@ -120,6 +122,40 @@ impl ExpertRun {
         sum / records.len().max(1) as f64
     }
 
+    /// A placement for the next `horizon` steps of a layer from its window's loads: the
+    /// predictor's mean over the horizon (the window's mean by default), served with the
+    /// window's steps shifted to it as scenarios.
+    fn place(
+        &self,
+        window: &VecDeque<Vec<f64>>,
+        horizon: usize,
+        ranks: usize,
+    ) -> Result<Placement> {
+        let experts = window.front().map_or(0, Vec::len);
+        let counts = window.iter().flatten().map(|&c| c as u32).collect();
+        let layer = LayerLoads::from_counts((0..window.len() as u64).collect(), experts, counts);
+        let origin = layer.len();
+        let predicted: Vec<f64> = match &self.options.predictor {
+            Some(p) => {
+                let rows = p.predict(&layer, origin, horizon);
+                (0..experts)
+                    .map(|j| {
+                        (0..horizon)
+                            .map(|h| rows[h * experts + j] as f64)
+                            .sum::<f64>()
+                            / horizon as f64
+                    })
+                    .collect()
+            }
+            None => window_mean(&layer, origin, self.options.window)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        };
+        let rows = scenarios(&layer, origin, self.options.window, &predicted);
+        place(&rows, ranks, self.options.replicas)
+    }
+
     /// At every `replace_every`-th step: places each layer anew from its window's loads and
     /// moves the experts and their optimizer state there. Returns a message for the progress
     /// output when it did.
@@ -135,12 +171,17 @@ impl ExpertRun {
         if every == 0 || !step.is_multiple_of(every) {
             return Ok(None);
         }
+        // The straggler factor on the window's steps, before and after.
         let recent: Vec<Vec<Vec<f64>>> = self
             .recent
             .iter()
             .map(|w| w.iter().cloned().collect())
             .collect();
-        let next = self.options.replace(&recent, comm.size())?;
+        let next = self
+            .recent
+            .iter()
+            .map(|window| self.place(window, every as usize, comm.size()))
+            .collect::<Result<Vec<_>>>()?;
         let factor = |p: &[Placement]| {
             let mut total = 0.0;
             for (placement, rows) in p.iter().zip(&recent) {
