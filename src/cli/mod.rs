@@ -3,6 +3,8 @@
 mod analyze;
 mod args;
 mod demo;
+mod eval;
+mod parallel;
 mod place;
 mod predict;
 mod simulate;
@@ -13,11 +15,12 @@ use clap::{Parser, Subcommand};
 
 pub use analyze::AnalyzeArgs;
 pub use demo::DemoArgs;
+pub use eval::{EvalArgs, GenerateArgs};
 pub use place::PlaceArgs;
 pub use predict::PredictArgs;
 pub use simulate::SimulateArgs;
 pub use study::StudyArgs;
-pub use train::{EvalArgs, GenerateArgs, TrainArgs};
+pub use train::TrainArgs;
 
 /// Mixture-of-Experts layers on any GPU (wgpu) or CPU (ndarray, flex).
 #[derive(Debug, Parser)]
@@ -73,8 +76,8 @@ pub struct DevicesArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run_train(&args),
-        Command::Eval(args) => train::run_eval(&args),
-        Command::Generate(args) => train::run_generate(&args),
+        Command::Eval(args) => eval::run_eval(&args),
+        Command::Generate(args) => eval::run_generate(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Analyze(args) => analyze::run(&args),

@@ -1,30 +1,21 @@
-//! `burn-moe train`, `eval` and `generate`.
+//! `burn-moe train`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use burn::module::Module;
 use clap::Args;
 
 use super::args::{BackendFlag, parse_balancer, preset_parser};
-use super::predict::{Method, PredictArgs, predictor};
-use burn_moe::predict::LoadPredictor;
+use super::parallel::MpiArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use burn_moe::BackendKind;
 use burn_moe::balance::BalancerConfig;
-use burn_moe::data::TextData;
-use burn_moe::dist::{Collective, ExpertParallel, ranks_from_launcher, read_placement};
+use burn_moe::dist::{Collective, ranks_from_launcher};
 use burn_moe::model::{MoeLmConfig, Preset};
-use burn_moe::train::{
-    Progress, RunDir, RunManifest, SamplingConfig, TrainConfig, TrainStart, evaluate, generate,
-    train,
-};
+use burn_moe::train::{Progress, RunDir, RunManifest, TrainConfig, TrainStart, train};
 
 /// Options of `burn-moe train`.
 #[derive(Debug, Args)]
@@ -75,76 +66,8 @@ pub struct TrainArgs {
     /// Print only a final JSON summary line.
     #[arg(long)]
     pub json: bool,
-    /// Under mpirun: seconds a rank waits for the others in one collective before it ends the
-    /// job (a rank has died or hung).
-    #[arg(long, default_value_t = 300)]
-    pub rank_timeout: u64,
-    /// Under mpirun: spread each MoE layer's routed experts over groups of this many
-    /// consecutive ranks (a divisor of the rank count; every group holds all the experts, each
-    /// rank trains on its shard of the batch). 0: data parallel only.
-    #[arg(long, default_value_t = 0)]
-    pub expert_parallel: usize,
-    /// With --expert-parallel: the experts' ranks per MoE layer, from `burn-moe place --write`
-    /// (default: contiguous blocks of experts).
-    #[arg(long, requires = "expert_parallel")]
-    pub placement: Option<PathBuf>,
-    /// With --expert-parallel: re-place the experts every N steps from the mean load of the
-    /// last --replace-window steps, moving weights and optimizer state (0: never).
-    #[arg(long, default_value_t = 0, requires = "expert_parallel")]
-    pub replace_every: u64,
-    /// Steps whose mean load predicts the next ones at a re-placement.
-    #[arg(long, default_value_t = 100)]
-    pub replace_window: usize,
-    /// Replicas of hot experts a re-placement may add (each on its own rank).
-    #[arg(long, default_value_t = 0)]
-    pub replicas: usize,
-    /// The load predictor of a re-placement, as in `burn-moe predict` (fitted on the
-    /// --replace-window last steps).
-    #[arg(long, value_enum, default_value = "sw-avg")]
-    pub replace_method: Method,
-    /// ARIMA orders p,d,q of `--replace-method arima`.
-    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
-    pub replace_order: Vec<usize>,
-    /// Another run's trace, to train the LSTM of `--replace-method lstm` on.
-    #[arg(long)]
-    pub replace_train_trace: Option<PathBuf>,
-}
-
-/// The predictor of `--replace-every` (`None` when off), as `burn-moe predict` builds it,
-/// fitted on the `--replace-window` last steps.
-fn replacement_predictor(
-    args: &TrainArgs,
-    experts: usize,
-) -> anyhow::Result<Option<Rc<dyn LoadPredictor>>> {
-    if args.replace_every == 0 {
-        return Ok(None);
-    }
-    let predict = PredictArgs {
-        trace: PathBuf::new(),
-        method: args.replace_method,
-        horizon: vec![args.replace_every as usize],
-        window: Some(args.replace_window),
-        order: args.replace_order.clone(),
-        constant: false,
-        stride: 1,
-        train_trace: args.replace_train_trace.clone(),
-        lstm_iterations: 300,
-        switch: None,
-        out: None,
-        no_plots: true,
-        json: true,
-    };
-    // Its messages name `predict`'s options; here they are the --replace-* ones.
-    let p = predictor(&predict, args.replace_every as usize, experts).map_err(|e| {
-        anyhow::anyhow!(
-            "{}",
-            format!("{e:#}")
-                .replace("--window", "--replace-window")
-                .replace("--method", "--replace-method")
-                .replace("--train-trace", "--replace-train-trace")
-        )
-    })?;
-    Ok(Some(Rc::from(p)))
+    #[command(flatten)]
+    pub mpi: MpiArgs,
 }
 
 /// Data, batch and model-shape options shared by `train` and `study`.
@@ -292,10 +215,10 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.rank_timeout >= 1,
+        args.mpi.rank_timeout >= 1,
         "--rank-timeout must be at least 1 second"
     );
-    let comm = ranks_from_launcher(Duration::from_secs(args.rank_timeout))?;
+    let comm = ranks_from_launcher(Duration::from_secs(args.mpi.rank_timeout))?;
     match train_on(args, comm.as_ref()) {
         Err(e) if comm.size() > 1 => {
             // The other ranks may be waiting in a collective: end the job, not just this rank.
@@ -339,7 +262,7 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
     };
     let mut bar = Bar::new(args.json || !lead);
     if !args.json && lead {
-        let ranks = match (comm.size(), args.expert_parallel) {
+        let ranks = match (comm.size(), args.mpi.expert_parallel) {
             (1, 0) => String::new(),
             (n, 0) => format!(", data parallel over {n} ranks"),
             (n, e) => format!(", data parallel over {n} ranks, experts spread over groups of {e}"),
@@ -351,14 +274,7 @@ fn train_on(args: &TrainArgs, comm: &dyn Collective) -> anyhow::Result<()> {
             dir.root().display()
         );
     }
-    let experts = ExpertParallel {
-        ranks: args.expert_parallel,
-        placement: args.placement.as_deref().map(read_placement).transpose()?,
-        replace_every: args.replace_every,
-        window: args.replace_window,
-        replicas: args.replicas,
-        predictor: replacement_predictor(args, experts)?,
-    };
+    let experts = args.mpi.expert_parallel(experts)?;
     let summary = train(
         &dir,
         start,
@@ -395,143 +311,4 @@ pub(super) fn describe_backend(b: BackendKind) -> String {
             .unwrap_or_default(),
         _ => "CPU".into(),
     }
-}
-
-/// Options of `burn-moe eval`.
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    /// Run directory written by `burn-moe train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Evaluate on this text file's validation split (default: the run's data).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    #[command(flatten)]
-    pub backend: BackendFlag,
-    /// Validation batches (of the run's batch size and seq-len).
-    #[arg(long, default_value_t = 32)]
-    pub batches: usize,
-    /// Print only a JSON line.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let dir = RunDir::open(&args.checkpoint)?;
-    let manifest = dir.manifest()?;
-    let device = args.backend.kind.device(false)?;
-    let (model, state) = dir.load_model(&device)?;
-    anyhow::ensure!(args.batches >= 1, "--batches must be at least 1");
-    let data = match &args.data {
-        Some(path) => TextData::from_file(path)?,
-        None => manifest.load_data()?,
-    };
-    data.check_seq_len(manifest.train.seq_len)?;
-    let report = evaluate(
-        &model,
-        &data,
-        manifest.train.batch_size,
-        manifest.train.seq_len,
-        args.batches,
-    )
-    .context("evaluating")?;
-    if !args.json {
-        println!(
-            "checkpoint at step {} on {}: {} tokens",
-            state.step, data.source, report.tokens
-        );
-        println!(
-            "loss {:.4}  perplexity {:.3}",
-            report.loss, report.perplexity
-        );
-        for (l, (g, d)) in report
-            .maxvio_global
-            .iter()
-            .zip(&report.drop_rate)
-            .enumerate()
-        {
-            println!(
-                "MoE layer {l}: MaxVio_global {g:.4}  MaxVio_batch {:.4}  drop rate {:.4}",
-                report.maxvio_batch[l], d
-            );
-        }
-    }
-    let mut json = serde_json::to_value(&report)?;
-    json["step"] = state.step.into();
-    json["val_loss"] = report.loss.into();
-    json["val_ppl"] = report.perplexity.into();
-    println!("{json}");
-    Ok(())
-}
-
-/// Options of `burn-moe generate`.
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    /// Run directory written by `burn-moe train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Text to continue.
-    #[arg(long, default_value = "")]
-    pub prompt: String,
-    /// Bytes to generate.
-    #[arg(long, default_value_t = 200)]
-    pub max_tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f64,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f64,
-    /// Sampler seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub backend: BackendFlag,
-    /// Print one JSON line (prompt and generated text) when done instead of streaming.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
-    let dir = RunDir::open(&args.checkpoint)?;
-    let device = args.backend.kind.device(false)?;
-    let (model, _) = dir.load_model(&device)?;
-    let sampling = SamplingConfig {
-        max_tokens: args.max_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    if args.json {
-        let mut bytes = Vec::new();
-        generate(&model.valid(), &args.prompt, sampling, |byte| {
-            bytes.push(byte)
-        })?;
-        let text = String::from_utf8_lossy(&bytes);
-        println!(
-            "{}",
-            serde_json::json!({ "prompt": args.prompt, "generated": text, "bytes": bytes.len() })
-        );
-        return Ok(());
-    }
-    let mut stdout = std::io::stdout();
-    print!("{}", args.prompt);
-    let mut pending = Vec::new(); // bytes of a UTF-8 character not yet complete
-    generate(&model.valid(), &args.prompt, sampling, |byte| {
-        pending.push(byte);
-        match std::str::from_utf8(&pending) {
-            Ok(s) => {
-                print!("{s}");
-                pending.clear();
-            }
-            Err(e) if e.error_len().is_some() => {
-                print!("{}", String::from_utf8_lossy(&pending));
-                pending.clear();
-            }
-            Err(_) => {} // incomplete: wait for the next byte
-        }
-        stdout.flush().ok();
-    })?;
-    println!();
-    Ok(())
 }

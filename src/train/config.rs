@@ -1,6 +1,8 @@
 //! [`TrainConfig`]: the settings of a training run.
 
 use burn::config::Config;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 
 use crate::error::{MoeError, Result};
 
@@ -59,5 +61,16 @@ impl TrainConfig {
             return bad("eval-every and checkpoint-every must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// The run's optimizer: AdamW with its weight decay and gradient-norm clipping.
+    pub(crate) fn optimizer(&self) -> ModuleOptimizer {
+        let mut adamw = AdamWConfig::new().with_weight_decay(self.weight_decay);
+        if self.grad_clip > 0.0 {
+            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(self.grad_clip)));
+        }
+        adamw.init()
     }
 }

@@ -28,6 +28,23 @@ pub struct RunManifest {
 }
 
 impl RunManifest {
+    /// Errors, before anything is allocated, when the run's weights, optimizer state and
+    /// activations would not fit in the memory this machine has.
+    pub(crate) fn check_training_fits(&self) -> Result<()> {
+        let (m, t) = (&self.model, &self.train);
+        let tokens = t.batch_size as f64 * t.seq_len as f64;
+        let d = m.d_model() as f64;
+        let moe = &m.moe;
+        // Per token per block: attention and norms (~16 d), the routed experts' hidden activations
+        // (3 k d_ff), the router scores (2 m); plus the output logits. Autodiff keeps them all.
+        let per_token = m.n_layers as f64
+            * (16.0 * d + 3.0 * moe.top_k as f64 * moe.d_ff as f64 + 2.0 * moe.num_experts as f64)
+            + 2.0 * m.vocab_size as f64;
+        // Weights, gradients and AdamW's two moments: four copies of the parameters.
+        let bytes = 4.0 * (4.0 * m.param_count() + tokens * per_token);
+        crate::memory::check_fits(bytes, "training this model with this batch")
+    }
+
     /// A manifest for `data` (resolved to an absolute path and digested).
     pub fn new(model: MoeLmConfig, train: TrainConfig, data: Option<&Path>) -> Result<Self> {
         let mut m = RunManifest {

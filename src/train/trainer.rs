@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use serde::Serialize;
 
@@ -19,9 +18,7 @@ use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
 use crate::telemetry::trace::{TraceRecord, TraceWriter, truncate_after};
 use crate::train::expert_run::ExpertRun;
-use crate::train::{
-    CheckpointState, EvalReport, RunDir, RunManifest, TrainConfig, evaluate, learning_rate,
-};
+use crate::train::{CheckpointState, EvalReport, RunDir, RunManifest, evaluate, learning_rate};
 
 /// The final summary of a run (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
@@ -59,36 +56,11 @@ impl Progress for () {
     fn message(&mut self, _: &str) {}
 }
 
-fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    let mut adamw = AdamWConfig::new().with_weight_decay(config.weight_decay);
-    if config.grad_clip > 0.0 {
-        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
-    }
-    adamw.init()
-}
-
 /// Mixes the run seed and a step into the seed of that step's random draws.
 fn step_seed(seed: u64, step: u64) -> u64 {
     let mut z = seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z ^ (z >> 29)
-}
-
-/// Errors, before anything is allocated, when the run's weights, optimizer state and
-/// activations would not fit in the memory this machine has.
-fn check_training_fits(manifest: &RunManifest) -> Result<()> {
-    let (m, t) = (&manifest.model, &manifest.train);
-    let tokens = t.batch_size as f64 * t.seq_len as f64;
-    let d = m.d_model() as f64;
-    let moe = &m.moe;
-    // Per token per block: attention and norms (~16 d), the routed experts' hidden activations
-    // (3 k d_ff), the router scores (2 m); plus the output logits. Autodiff keeps them all.
-    let per_token = m.n_layers as f64
-        * (16.0 * d + 3.0 * moe.top_k as f64 * moe.d_ff as f64 + 2.0 * moe.num_experts as f64)
-        + 2.0 * m.vocab_size as f64;
-    // Weights, gradients and AdamW's two moments: four copies of the parameters.
-    let bytes = 4.0 * (4.0 * m.param_count() + tokens * per_token);
-    crate::memory::check_fits(bytes, "training this model with this batch")
 }
 
 /// How a training invocation starts.
@@ -137,7 +109,7 @@ pub fn train(
     };
     let mut config = manifest.train.clone();
     let data = manifest.load_data()?;
-    check_training_fits(&manifest)?;
+    manifest.check_training_fits()?;
     check_data_parallel(
         &manifest.model,
         config.batch_size,
@@ -147,7 +119,7 @@ pub fn train(
 
     device.seed(config.seed);
     let mut model = manifest.model.init(&device)?;
-    let mut optim = optimizer(&config);
+    let mut optim = config.optimizer();
     let mut state = CheckpointState {
         step: 0,
         tokens_seen: 0,
@@ -190,7 +162,7 @@ pub fn train(
     };
     let mut expert_run = ExpertRun::new(experts, &model, group)?;
     if let Some(ep) = &expert_run {
-        (model, optim) = ep.shard(model, optim, optimizer(&config), group.rank())?;
+        (model, optim) = ep.shard(model, optim, config.optimizer(), group.rank())?;
     }
     // Rank 0 writes the run: the manifest (fresh, or resumed with a new step count), the trace
     // and the metrics.
@@ -344,7 +316,7 @@ pub fn train(
                 // Expert parallel: every rank sends its experts and their state; rank 0 writes the
                 // whole model.
                 let full = match &expert_run {
-                    Some(ep) => Some(ep.gather(&model, &optim, optimizer(&config), group)?),
+                    Some(ep) => Some(ep.gather(&model, &optim, config.optimizer(), group)?),
                     None => None,
                 };
                 if lead {
@@ -360,7 +332,7 @@ pub fn train(
             if let Some(ep) = &mut expert_run
                 && !last
                 && let Some(message) =
-                    ep.maybe_replace(step, &mut model, &mut optim, || optimizer(&config), group)?
+                    ep.maybe_replace(step, &mut model, &mut optim, || config.optimizer(), group)?
             {
                 progress.message(&message);
             }
