@@ -142,10 +142,14 @@ fn check(
         ];
         let local = shard.local_experts();
         let mut expert_pairs = Vec::new();
+        let gates = layer.experts.w_gate.iter().zip(&full.experts.w_gate);
         for (ours, theirs) in [
             (&layer.experts.w_in, &full.experts.w_in),
             (&layer.experts.w_out, &full.experts.w_out),
-        ] {
+        ]
+        .into_iter()
+        .chain(gates)
+        {
             let got = read(g.get::<3>(ours.id).expect("expert grad"));
             let all = read(one.get::<3>(theirs.id).expect("expert grad"));
             let per = all.len() / experts;
@@ -157,7 +161,7 @@ fn check(
         }
         for (what, got, want) in pairs.into_iter().chain(expert_pairs) {
             let w = worst(&got, &want);
-            if w > 1e-4 || w.is_nan() {
+            if w > 1e-5 || w.is_nan() {
                 return Err(format!(
                     "{}: placement {i} ({:?}): rank {rank}'s {what} differs from one process by \
                      {w:e}",

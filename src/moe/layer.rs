@@ -78,7 +78,9 @@ impl Moe {
     /// sends every other assignment to the rank holding its expert. Call its forward and
     /// backward passes inside [`with_collective`](crate::dist::with_collective), on every rank
     /// of the placement, with the same shapes; CPU backends only (the exchange goes through
-    /// host memory). Build every rank's layer from the same weights (the same seed).
+    /// host memory). Build every rank's layer from the same weights (the same seed). Its record
+    /// holds this rank's experts only: save the one-process form
+    /// ([`gather_experts`](Self::gather_experts)), as training checkpoints do.
     ///
     /// # Errors
     /// The layer is already expert-parallel or on a GPU device; the placement is for another
