@@ -32,20 +32,20 @@ pub struct MpiArgs {
     #[arg(long, default_value_t = 0, requires = "expert_parallel")]
     pub replace_every: u64,
     /// Steps of load history a re-placement predicts from (and whose fluctuations it serves).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, requires = "replace_every")]
     pub replace_window: usize,
     /// Replicas of hot experts a re-placement may add (each on its own rank).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "replace_every")]
     pub replicas: usize,
     /// The load predictor of a re-placement, as in `burn-moe predict` (fitted on the
     /// --replace-window last steps).
-    #[arg(long, value_enum, default_value = "sw-avg")]
+    #[arg(long, value_enum, default_value = "sw-avg", requires = "replace_every")]
     pub replace_method: Method,
     /// ARIMA orders p,d,q of `--replace-method arima`.
-    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5])]
+    #[arg(long, value_delimiter = ',', default_values_t = [5usize, 1, 5], requires = "replace_every")]
     pub replace_order: Vec<usize>,
     /// Another run's trace, to train the LSTM of `--replace-method lstm` on.
-    #[arg(long)]
+    #[arg(long, requires = "replace_every")]
     pub replace_train_trace: Option<PathBuf>,
 }
 

@@ -163,7 +163,8 @@ impl ExpertShard {
         let all = current_collective(|comm| {
             if comm.size() != self.placement.devices {
                 return Err(MoeError::Distributed(format!(
-                    "the expert placement is for {} ranks, the run has {}",
+                    "the expert placement is for {} ranks, the collective of \
+                     with_collective has {}",
                     self.placement.devices,
                     comm.size()
                 )));
