@@ -29,6 +29,8 @@ pub mod moe;
 pub mod predict;
 pub mod routing;
 pub mod telemetry;
+#[cfg(test)]
+mod test_rng;
 pub mod train;
 
 pub use device::BackendKind;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use burn_moe::checkpoint::write_bytes_atomic;
 use burn_moe::predict::eplb::eplb;
-use burn_moe::predict::placement::{Placement, place, scenarios};
+use burn_moe::predict::placement::{Placement, place, place_predicted};
 
 use super::predict::{Method, PredictArgs, min_history, predictor, read};
 
@@ -127,13 +127,15 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
         };
         let mut origin = min_history;
         while origin + args.horizon <= layer.len() {
-            let pred = p.predict(layer, origin, args.horizon);
-            let mean_over = |v: &[f32], rows: usize, j: usize| {
-                (0..rows).map(|h| v[h * m + j] as f64).sum::<f64>() / rows as f64
-            };
-            let predicted: Vec<f64> = (0..m).map(|j| mean_over(&pred, args.horizon, j)).collect();
-            let recent = scenarios(layer, origin, window, &predicted);
-            let ours = place(&recent, args.devices, args.replicas)?;
+            let (ours, predicted) = place_predicted(
+                p.as_ref(),
+                layer,
+                origin,
+                args.horizon,
+                window,
+                args.devices,
+                args.replicas,
+            )?;
             let theirs = eplb(
                 &predicted,
                 args.devices,
@@ -173,10 +175,16 @@ pub fn run_place(args: &PlaceArgs) -> anyhow::Result<()> {
             .layers
             .iter()
             .map(|layer| {
-                let pred = p.predict(layer, layer.len(), 1);
-                let loads: Vec<f64> = pred.iter().map(|&v| v as f64).collect();
-                let recent = scenarios(layer, layer.len(), window, &loads);
-                Ok(place(&recent, args.devices, args.replicas)?.copies)
+                let (ours, _) = place_predicted(
+                    p.as_ref(),
+                    layer,
+                    layer.len(),
+                    1,
+                    window,
+                    args.devices,
+                    args.replicas,
+                )?;
+                Ok(ours.copies)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let file = serde_json::json!({

@@ -20,6 +20,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, NdArray, backend_extensio
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::Collective;
+use crate::error::{MoeError, Result};
+use crate::grouped::{f32_values, host_usizes, read};
 
 thread_local! {
     /// The collective of the `with_collective` call in progress on this thread.
@@ -43,11 +45,18 @@ pub fn with_collective<T>(comm: &dyn Collective, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` on the collective of the [`with_collective`] call in progress, or `None`.
-pub fn current_collective<T>(f: impl FnOnce(&dyn Collective) -> T) -> Option<T> {
-    let ptr = CURRENT.with(|c| c.get())?;
+/// Runs `f` on the collective of the [`with_collective`] call in progress.
+///
+/// # Errors
+/// No `with_collective` call is in progress on this thread.
+pub fn current_collective<T>(f: impl FnOnce(&dyn Collective) -> T) -> Result<T> {
+    let ptr = CURRENT.with(|c| c.get()).ok_or_else(|| {
+        MoeError::Distributed(
+            "an expert-parallel layer ran outside burn_moe::dist::with_collective".into(),
+        )
+    })?;
     // SAFETY: set by `with_collective`, whose borrow outlives this call (same thread).
-    Some(f(unsafe { &*ptr }))
+    Ok(f(unsafe { &*ptr }))
 }
 
 /// The row exchange as a backend operation (CPU backends: MPI works on host memory).
@@ -85,38 +94,22 @@ pub fn exchange_rows(
     ))
 }
 
-fn block<T>(future: impl Future<Output = Result<T, burn::backend::ExecutionError>>) -> T {
-    pollster::block_on(future).expect("reading a CPU tensor cannot fail")
-}
-
-fn rows(data: TensorData) -> Vec<usize> {
-    data.convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("exchange: row counts must be integers")
-        .into_iter()
-        .map(|r| usize::try_from(r).expect("exchange: negative row count"))
-        .collect()
-}
-
 /// Through host memory: the tensors of the CPU backends are there already.
 fn exchange_host<B: Backend>(
     x: FloatTensor<B>,
     send_rows: IntTensor<B>,
     recv_rows: IntTensor<B>,
 ) -> FloatTensor<B> {
-    let data = block(B::float_into_data(x));
+    let data = read(B::float_into_data(x));
     let d = data.shape().dims::<2>()[1];
-    let values = data
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("exchange: f32 rows");
+    let values = f32_values(data);
     let (send, recv) = (
-        rows(block(B::int_into_data(send_rows))),
-        rows(block(B::int_into_data(recv_rows))),
+        host_usizes(read(B::int_into_data(send_rows)), "exchange: row counts"),
+        host_usizes(read(B::int_into_data(recv_rows)), "exchange: row counts"),
     );
     let scale = |r: &[usize]| r.iter().map(|&n| n * d).collect::<Vec<_>>();
     let out = current_collective(|comm| comm.exchange_f32(&values, &scale(&send), &scale(&recv)))
-        .expect("an expert-parallel layer ran outside burn_moe::dist::with_collective")
+        .and_then(|sent| sent)
         .unwrap_or_else(|e| panic!("expert-parallel exchange: {e}"));
     let n = out.len() / d.max(1);
     // The CPU backends have one device.

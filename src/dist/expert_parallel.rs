@@ -170,11 +170,6 @@ impl ExpertShard {
                 )));
             }
             comm.gather_u64(&local)
-        })
-        .ok_or_else(|| {
-            MoeError::Distributed(
-                "an expert-parallel layer ran outside burn_moe::dist::with_collective".into(),
-            )
         })??;
         let counts: Vec<Vec<usize>> = all
             .chunks(m)
@@ -234,28 +229,20 @@ fn chunk(n: usize, q: usize, c: usize) -> std::ops::Range<usize> {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator for the random cases.
-    fn next(state: &mut u64) -> usize {
-        *state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (*state >> 33) as usize
-    }
-
     /// Every rank's plan, run on tagged rows in one process: each expert's rows from every
     /// source reach exactly its copies, split in order between them, each local slot gets only
     /// its expert's rows, and the way back returns every row to its place.
     #[test]
     fn plans_deliver_every_row_to_one_copy_and_back() {
-        let mut seed = 7u64;
+        let mut rng = crate::test_rng::TestRng::new(7);
         for case in 0..200 {
-            let ranks = 1 + next(&mut seed) % 4;
-            let experts = ranks + next(&mut seed) % 6;
+            let ranks = 1 + rng.below(4);
+            let experts = ranks + rng.below(6);
             // Each expert on a random rank, some with a second copy; every rank holds one.
             let mut copies: Vec<Vec<usize>> = (0..experts).map(|e| vec![e % ranks]).collect();
             for holders in copies.iter_mut() {
-                if ranks > 1 && next(&mut seed).is_multiple_of(3) {
-                    let other = (holders[0] + 1 + next(&mut seed) % (ranks - 1)) % ranks;
+                if ranks > 1 && rng.below(3) == 0 {
+                    let other = (holders[0] + 1 + rng.below(ranks - 1)) % ranks;
                     holders.push(other);
                 }
             }
@@ -264,7 +251,7 @@ mod tests {
                 copies: copies.clone(),
             };
             let counts: Vec<Vec<usize>> = (0..ranks)
-                .map(|_| (0..experts).map(|_| next(&mut seed) % 5).collect())
+                .map(|_| (0..experts).map(|_| rng.below(5)).collect())
                 .collect();
             let shards: Vec<ExpertShard> = (0..ranks)
                 .map(|r| ExpertShard::new(placement.clone(), experts, r).unwrap())

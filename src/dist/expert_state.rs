@@ -2,6 +2,8 @@
 //! `[experts, ..]` weights, with their gradients and optimizer state. Checkpoints hold the full
 //! tensors (gathered from the ranks), so a run resumes on any rank count, one process included.
 
+use std::convert::Infallible;
+
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Int, Tensor, TensorData};
@@ -20,6 +22,18 @@ fn weights(experts: &ExpertFfn) -> Vec<&Param<Tensor<3>>> {
     w
 }
 
+/// The experts with each stacked weight replaced by `f(weight)`.
+fn map_weights<E>(
+    experts: &ExpertFfn,
+    mut f: impl FnMut(&Param<Tensor<3>>) -> std::result::Result<Param<Tensor<3>>, E>,
+) -> std::result::Result<ExpertFfn, E> {
+    Ok(ExpertFfn {
+        w_in: f(&experts.w_in)?,
+        w_gate: experts.w_gate.as_ref().map(&mut f).transpose()?,
+        w_out: f(&experts.w_out)?,
+    })
+}
+
 /// A parameter with `w`'s id holding `value` as a new leaf of the autodiff graph (trained,
 /// as `w`, when `w` is).
 fn leaf(w: &Param<Tensor<3>>, value: Tensor<3>) -> Param<Tensor<3>> {
@@ -33,18 +47,15 @@ impl ExpertShard {
     pub fn shard(&self, full: &ExpertFfn) -> ExpertFfn {
         let local: Vec<i64> = self.local_experts().iter().map(|&e| e as i64).collect();
         let pick = |w: &Param<Tensor<3>>| {
+            let t = w.val();
             let idx = Tensor::<1, Int>::from_data(
                 TensorData::new(local.clone(), [local.len()]),
-                &w.val().device(),
+                &t.device(),
             );
-            let t = w.val();
-            leaf(w, t.select(0, idx))
+            Ok::<_, Infallible>(leaf(w, t.select(0, idx)))
         };
-        ExpertFfn {
-            w_in: pick(&full.w_in),
-            w_gate: full.w_gate.as_ref().map(pick),
-            w_out: pick(&full.w_out),
-        }
+        let Ok(local) = map_weights(full, pick);
+        local
     }
 
     /// The full experts `[experts, ..]` from every rank's slots (each expert from its first
@@ -55,23 +66,13 @@ impl ExpertShard {
     /// A collective failing.
     pub fn gather(&self, local: &ExpertFfn, comm: &dyn Collective) -> Result<ExpertFfn> {
         let m = self.placement.copies.len();
-        let mut full = Vec::new();
-        for w in weights(local) {
+        map_weights(local, |w| {
             let t = w.val();
             let [_, a, b] = t.dims();
-            let values = self.gather_rows(read_f32(Some(t.clone().into_data()))?, a * b, comm)?;
             let device = t.device();
-            full.push(leaf(
-                w,
-                Tensor::from_data(TensorData::new(values, [m, a, b]), &device),
-            ));
-        }
-        let w_out = full.pop().expect("w_out");
-        let w_in = full.remove(0);
-        Ok(ExpertFfn {
-            w_in,
-            w_gate: full.pop(),
-            w_out,
+            let values = self.gather_rows(read_f32(Some(t.into_data()))?, a * b, comm)?;
+            let full = Tensor::from_data(TensorData::new(values, [m, a, b]), &device);
+            Ok(leaf(w, full))
         })
     }
 

@@ -94,11 +94,10 @@ impl ExpertParallel {
                             layer.devices
                         ));
                     }
-                    for r in 0..ranks {
-                        super::ExpertShard::new(layer.clone(), experts, r).map_err(|e| {
-                            MoeError::Distributed(format!("placement file, layer {l}: {e}"))
-                        })?;
-                    }
+                    // The checks do not depend on the rank (every rank's is checked).
+                    super::ExpertShard::new(layer.clone(), experts, 0).map_err(|e| {
+                        MoeError::Distributed(format!("placement file, layer {l}: {e}"))
+                    })?;
                 }
                 Ok(p.clone())
             }

@@ -25,6 +25,7 @@ pub mod portable {
 }
 
 pub use op::GroupedMatmul;
+pub(crate) use op::{f32_values, host_usizes, read};
 pub use swiglu::SwiGlu;
 
 use burn::backend::Dispatch;

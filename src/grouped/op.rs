@@ -58,14 +58,20 @@ pub trait GroupedMatmul: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Group offsets as host values (an int tensor of a CPU backend: no device transfer).
-fn host_offsets(data: TensorData) -> Vec<usize> {
+/// The non-negative values of an int tensor of a CPU backend (no device transfer) as host
+/// `usize`s; `what` names them when they are not.
+pub(crate) fn host_usizes(data: TensorData, what: &str) -> Vec<usize> {
     data.convert::<i64>()
         .try_into_vec::<i64>()
-        .expect("grouped matmul: offsets must be an int tensor")
+        .unwrap_or_else(|_| panic!("{what} must be an int tensor"))
         .into_iter()
-        .map(|o| usize::try_from(o).expect("grouped matmul: negative offset"))
+        .map(|o| usize::try_from(o).unwrap_or_else(|_| panic!("{what}: negative value {o}")))
         .collect()
+}
+
+/// Group offsets as host values.
+fn host_offsets(data: TensorData) -> Vec<usize> {
+    host_usizes(data, "grouped matmul: offsets")
 }
 
 /// A flex float tensor whose values `as_slice` reads without a copy (a contiguous one is
@@ -220,14 +226,15 @@ impl GroupedMatmul for NdArray {
     }
 }
 
-/// An ndarray tensor's data (its tensors live on the host already: no device transfer).
-pub(super) fn read(
+/// A CPU backend's tensor data (its tensors live on the host already: no device transfer).
+pub(crate) fn read(
     future: impl Future<Output = Result<TensorData, burn::backend::ExecutionError>>,
 ) -> TensorData {
-    pollster::block_on(future).expect("reading an ndarray tensor cannot fail")
+    pollster::block_on(future).expect("reading a CPU tensor cannot fail")
 }
 
-pub(super) fn f32_values(data: TensorData) -> Vec<f32> {
+/// Tensor data as `f32` values.
+pub(crate) fn f32_values(data: TensorData) -> Vec<f32> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 data")

@@ -269,20 +269,10 @@ mod tests {
     }
 
     fn noise(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
+        let mut rng = crate::test_rng::TestRng::new(seed);
+        // Sum of 12 uniforms - 6: close enough to N(0, 1) for these tests.
         (0..n)
-            .map(|_| {
-                // Sum of 12 uniforms - 6: close enough to N(0, 1) for these tests.
-                (0..12)
-                    .map(|_| {
-                        s = s
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        (s >> 11) as f64 / (1u64 << 53) as f64
-                    })
-                    .sum::<f64>()
-                    - 6.0
-            })
+            .map(|_| (0..12).map(|_| rng.uniform()).sum::<f64>() - 6.0)
             .collect()
     }
 

@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MoeError, Result};
+use crate::predict::LoadPredictor;
 use crate::telemetry::loads::LayerLoads;
 
 /// Which ranks hold which expert.
@@ -224,6 +225,34 @@ fn refine(held: &mut [Vec<usize>], shares: &[Vec<f64>], slots: usize) {
     }
 }
 
+/// Our placement for the `horizon` steps of `layer` from `origin` on, and the mean loads
+/// `predictor` forecasts for them (what EPLB places by): the last `window` steps before
+/// `origin`, shifted to that forecast, are the scenarios it serves ([`scenarios`]).
+///
+/// # Errors
+/// As [`place`].
+pub fn place_predicted(
+    predictor: &dyn LoadPredictor,
+    layer: &LayerLoads,
+    origin: usize,
+    horizon: usize,
+    window: usize,
+    devices: usize,
+    replicas: usize,
+) -> Result<(Placement, Vec<f64>)> {
+    let m = layer.experts;
+    let rows = predictor.predict(layer, origin, horizon);
+    let predicted: Vec<f64> = (0..m)
+        .map(|j| (0..horizon).map(|h| rows[h * m + j] as f64).sum::<f64>() / horizon as f64)
+        .collect();
+    let ours = place(
+        &scenarios(layer, origin, window, &predicted),
+        devices,
+        replicas,
+    )?;
+    Ok((ours, predicted))
+}
+
 /// The load rows our placement serves at `origin`: the last `window` steps before it (fewer at
 /// the start), each shifted by the predicted mean minus their own mean, so that they fluctuate
 /// as the recent steps did around what the predictor expects.
@@ -325,13 +354,8 @@ mod tests {
 
     #[test]
     fn ours_is_never_worse_than_lpt_alone_on_random_loads() {
-        let mut state = 7u64;
-        let mut uniform = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::test_rng::TestRng::new(7);
+        let mut uniform = || rng.uniform();
         for _ in 0..200 {
             let loads: Vec<f64> = (0..16).map(|_| uniform().powi(3) * 100.0).collect();
             let p = place(&[loads.to_vec()], 4, 0).unwrap();

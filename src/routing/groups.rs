@@ -121,13 +121,8 @@ mod tests {
     #[test]
     fn matches_a_sort_based_rule_on_random_rows() {
         // Independent rule: score groups by sorting each group, rank groups by a stable sort.
-        let mut state = 99u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 7) as f32 * 0.25 // few distinct values: ties on purpose
-        };
+        let mut rng = crate::test_rng::TestRng::new(99);
+        let mut next = || rng.below(7) as f32 * 0.25; // few distinct values: ties on purpose
         for trial in 0..300 {
             let groups = 1 + trial % 6;
             let per_group = 2 + trial % 3;

@@ -43,17 +43,12 @@ mod tests {
     #[test]
     fn matches_a_full_stable_sort() {
         // Independent rule: stable sort by descending value, take the first k.
-        let mut state = 12345u64;
+        let mut rng = crate::test_rng::TestRng::new(12345);
         let mut out = Vec::new();
         for trial in 0..200 {
             let m = 1 + trial % 17;
             let values: Vec<f32> = (0..m)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 33) % 5) as f32 // few distinct values: many ties
-                })
+                .map(|_| rng.below(5) as f32) // few distinct values: many ties
                 .collect();
             for k in 1..=m {
                 let mut idx: Vec<usize> = (0..m).collect();

@@ -255,13 +255,8 @@ mod tests {
     fn synthetic(steps: usize, switch: usize, big: f64, small: f64) -> LayerLoads {
         let m = 8;
         let mut counts = Vec::new();
-        let mut state = 12345u64;
-        let mut uniform = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::test_rng::TestRng::new(12345);
+        let mut uniform = || rng.uniform();
         for t in 0..steps {
             let amp = if t < switch { big } else { small };
             for _ in 0..m {

@@ -9,8 +9,8 @@ use burn::optim::ModuleOptimizer;
 use crate::dist::{Collective, ExpertParallel, ExpertShard, gather_optimizer, shard_optimizer};
 use crate::error::{MoeError, Result};
 use crate::model::MoeLm;
-use crate::predict::placement::{Placement, place, scenarios};
-use crate::predict::window_mean;
+use crate::predict::SlidingWindowAverage;
+use crate::predict::placement::{Placement, place_predicted};
 use crate::telemetry::loads::LayerLoads;
 use crate::telemetry::trace::TraceRecord;
 
@@ -122,9 +122,8 @@ impl ExpertRun {
         sum / records.len().max(1) as f64
     }
 
-    /// A placement for the next `horizon` steps of a layer from its window's loads: the
-    /// predictor's mean over the horizon (the window's mean by default), served with the
-    /// window's steps shifted to it as scenarios.
+    /// A placement for the next `horizon` steps of a layer from its window's loads, by the
+    /// options' predictor (the window's mean by default).
     fn place(
         &self,
         window: &VecDeque<Vec<f64>>,
@@ -134,26 +133,20 @@ impl ExpertRun {
         let experts = window.front().map_or(0, Vec::len);
         let counts = window.iter().flatten().map(|&c| c as u32).collect();
         let layer = LayerLoads::from_counts((0..window.len() as u64).collect(), experts, counts);
-        let origin = layer.len();
-        let predicted: Vec<f64> = match &self.options.predictor {
-            Some(p) => {
-                let rows = p.predict(&layer, origin, horizon);
-                (0..experts)
-                    .map(|j| {
-                        (0..horizon)
-                            .map(|h| rows[h * experts + j] as f64)
-                            .sum::<f64>()
-                            / horizon as f64
-                    })
-                    .collect()
-            }
-            None => window_mean(&layer, origin, self.options.window)
-                .into_iter()
-                .map(f64::from)
-                .collect(),
+        let mean = SlidingWindowAverage {
+            window: self.options.window,
         };
-        let rows = scenarios(&layer, origin, self.options.window, &predicted);
-        place(&rows, ranks, self.options.replicas)
+        let predictor = self.options.predictor.as_deref().unwrap_or(&mean);
+        let (placement, _) = place_predicted(
+            predictor,
+            &layer,
+            layer.len(),
+            horizon,
+            self.options.window,
+            ranks,
+            self.options.replicas,
+        )?;
+        Ok(placement)
     }
 
     /// At every `replace_every`-th step: places each layer anew from its window's loads and
@@ -171,40 +164,29 @@ impl ExpertRun {
         if every == 0 || !step.is_multiple_of(every) {
             return Ok(None);
         }
-        // The straggler factor on the window's steps, before and after.
-        let recent: Vec<Vec<Vec<f64>>> = self
-            .recent
-            .iter()
-            .map(|w| w.iter().cloned().collect())
-            .collect();
         let next = self
             .recent
             .iter()
             .map(|window| self.place(window, every as usize, comm.size()))
             .collect::<Result<Vec<_>>>()?;
+        // The straggler factor on the window's steps, before and after.
         let factor = |p: &[Placement]| {
             let mut total = 0.0;
-            for (placement, rows) in p.iter().zip(&recent) {
+            for (placement, rows) in p.iter().zip(&self.recent) {
                 total += rows.iter().map(|l| placement.imbalance(l)).sum::<f64>()
                     / rows.len().max(1) as f64;
             }
             total / p.len().max(1) as f64
         };
         let (before, after) = (factor(&self.placements), factor(&next));
-        let layers: Vec<_> = model.moe_layers().collect();
-        let full = gather_optimizer(optim, fresh(), &layers, comm)?;
-        let moved = model.clone().map_moe_layers(|i, layer| {
-            let shard = ExpertShard::new(next[i].clone(), layer.config.num_experts, comm.rank())?;
-            layer.replace_experts(shard, comm)
-        })?;
-        let layers: Vec<_> = moved.moe_layers().collect();
-        *optim = shard_optimizer(&full, fresh(), &layers)?;
-        *model = moved;
+        let steps = self.recent.first().map_or(0, VecDeque::len);
+        // Through the one-process form: gather everything, cut it to the new placement.
+        let (full_model, full_optim) = self.gather(model, optim, fresh(), comm)?;
         self.placements = next;
+        (*model, *optim) = self.shard(full_model, full_optim, fresh(), comm.rank())?;
         Ok(Some(format!(
-            "step {step}: experts re-placed from the last {} steps' loads: straggler factor on \
-             those steps {before:.3} -> {after:.3}",
-            recent.first().map_or(0, Vec::len)
+            "step {step}: experts re-placed from the last {steps} steps' loads: straggler \
+             factor on those steps {before:.3} -> {after:.3}"
         )))
     }
 }

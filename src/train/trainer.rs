@@ -269,7 +269,7 @@ pub fn train(
             let tps = (steps_run * tokens_per_step) as f64 / elapsed.max(1e-9);
             progress.step(step, config.steps, ce_value, tps, maxvio);
             let mut line = serde_json::json!({"step": step, "train_loss": ce_value, "lr": lr,
-            "maxvio": maxvio, "dropped": dropped, "seconds": step_seconds});
+                "maxvio": maxvio, "dropped": dropped, "seconds": step_seconds});
             if let Some(ep) = &mut expert_run {
                 line["straggler"] = ep.observe(&records).into();
             }
@@ -306,9 +306,8 @@ pub fn train(
                     report.mean_maxvio_global()
                 ));
                 if let Some(metrics) = &mut metrics {
-                    metrics.write_lines(&[
-                    serde_json::json!({"step": step, "val_loss": report.loss, "val_ppl": report.perplexity}),
-                ])?;
+                    metrics.write_lines(&[serde_json::json!({"step": step,
+                        "val_loss": report.loss, "val_ppl": report.perplexity})])?;
                 }
                 last_eval = Some(report);
             }
